@@ -1,0 +1,241 @@
+"""Distillation losses.
+
+Each loss compares a student's output (`y_pred`) with a teacher's output
+(`y_true`) softened by a temperature. They are ordinary `keras.losses.Loss`
+subclasses: the `Distiller` uses them, and so can any Keras model compiled
+with teacher outputs as its targets (`model.compile(loss=KLDivergence(4.0))`
+with `model.fit(x, teacher_logits)`).
+
+The computation always runs in float32, whatever the mixed-precision policy,
+and softens logits with a numerically stable `log_softmax`, never
+`log(softmax(...))`.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+from keras_kd.backend import keras, register_serializable, tf
+
+# Probabilities are clipped to this before their logarithm is taken, so that a
+# teacher that says exactly 0 gives a finite log-probability.
+_PROB_EPSILON = 1e-7
+
+
+def validate_temperature(temperature, argument: str = "temperature") -> float:
+    """Returns `temperature` as a float, or raises if it is not positive.
+
+    Args:
+        temperature: the value to check.
+        argument: the argument's name, for the error message.
+
+    Returns:
+        The temperature as a Python float.
+    """
+    if isinstance(temperature, bool) or not isinstance(
+        temperature, numbers.Real
+    ):
+        raise TypeError(
+            f"Argument `{argument}` must be a positive number. "
+            f"Received: {argument}={temperature!r} "
+            f"(of type {type(temperature).__name__})."
+        )
+    if not temperature > 0:
+        raise ValueError(
+            f"Argument `{argument}` must be greater than 0 (the softmax "
+            f"temperature divides the logits). Received: {argument}={temperature}."
+        )
+    return float(temperature)
+
+
+def _check_bool(value, argument: str) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(
+            f"Argument `{argument}` must be True or False. "
+            f"Received: {argument}={value!r}."
+        )
+    return value
+
+
+def softened_log_probs(values, temperature, from_logits: bool = True):
+    """Log-probabilities of `softmax(logits / temperature)`, in float32.
+
+    Args:
+        values: logits (`from_logits=True`) or probabilities along the last
+            axis.
+        temperature: the softmax temperature, a positive number or scalar
+            tensor.
+        from_logits: whether `values` are logits. Probabilities are turned
+            into log-probabilities first (`log(p)` is a valid set of logits
+            for `p`), clipped away from 0.
+
+    Returns:
+        A float32 tensor of the same shape as `values`.
+    """
+    values = tf.cast(values, tf.float32)
+    if not from_logits:
+        values = tf.math.log(tf.clip_by_value(values, _PROB_EPSILON, 1.0))
+    temperature = tf.cast(temperature, tf.float32)
+    return tf.nn.log_softmax(values / temperature, axis=-1)
+
+
+class _SoftTargetLoss(keras.losses.Loss):
+    """Shared arguments and config of the temperature-softened losses."""
+
+    def __init__(
+        self,
+        temperature: float = 2.0,
+        teacher_from_logits: bool = True,
+        student_from_logits: bool = True,
+        reduction: str = "sum_over_batch_size",
+        name: str | None = None,
+    ):
+        super().__init__(name=name, reduction=reduction)
+        self.temperature = validate_temperature(temperature)
+        self.teacher_from_logits = _check_bool(
+            teacher_from_logits, "teacher_from_logits"
+        )
+        self.student_from_logits = _check_bool(
+            student_from_logits, "student_from_logits"
+        )
+
+    def _log_probs(self, y_true, y_pred):
+        log_p_teacher = tf.stop_gradient(
+            softened_log_probs(
+                y_true, self.temperature, self.teacher_from_logits
+            )
+        )
+        log_p_student = softened_log_probs(
+            y_pred, self.temperature, self.student_from_logits
+        )
+        return log_p_teacher, log_p_student
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config.update(
+            {
+                "temperature": self.temperature,
+                "teacher_from_logits": self.teacher_from_logits,
+                "student_from_logits": self.student_from_logits,
+            }
+        )
+        return config
+
+
+@register_serializable
+class KLDivergence(_SoftTargetLoss):
+    """Hinton et al. (2015) distillation loss: KL divergence at a temperature.
+
+    `T**2 * KL(softmax(teacher / T) || softmax(student / T))`, summed over the
+    last axis. The `T**2` factor keeps the gradient's magnitude independent of
+    the temperature, so that the `alpha` of a `Distiller` means the same thing
+    at every temperature. With the default reduction the result is averaged
+    over the batch (PyTorch's `reduction="batchmean"`), and over any other
+    leading axes such as sequence positions.
+
+    Use it to distil classification logits. It is zero when the student's
+    softened distribution equals the teacher's.
+
+    Args:
+        temperature: positive float; higher values soften both distributions
+            and reveal more of the teacher's "dark knowledge". Hinton et al.
+            use 2 to 20.
+        teacher_from_logits: whether `y_true` holds logits (default) or
+            probabilities (e.g. a teacher whose last layer is a softmax).
+        student_from_logits: whether `y_pred` holds logits (default) or
+            probabilities.
+        reduction: a Keras loss reduction, `"sum_over_batch_size"` by default.
+        name: optional name of the loss.
+
+    Returns:
+        A scalar loss in float32 (or a per-sample one with
+        `reduction="none"`).
+
+    Example:
+
+    >>> import numpy as np, keras_kd as kd
+    >>> loss = kd.losses.KLDivergence(temperature=4.0)
+    >>> teacher_logits = np.array([[2.0, 1.0, 0.1]])
+    >>> float(loss(teacher_logits, teacher_logits))  # identical distributions
+    0.0
+    """
+
+    def __init__(
+        self,
+        temperature: float = 2.0,
+        teacher_from_logits: bool = True,
+        student_from_logits: bool = True,
+        reduction: str = "sum_over_batch_size",
+        name: str | None = "kl_divergence",
+    ):
+        super().__init__(
+            temperature=temperature,
+            teacher_from_logits=teacher_from_logits,
+            student_from_logits=student_from_logits,
+            reduction=reduction,
+            name=name,
+        )
+
+    def call(self, y_true, y_pred):
+        log_p_teacher, log_p_student = self._log_probs(y_true, y_pred)
+        kl = tf.reduce_sum(
+            tf.exp(log_p_teacher) * (log_p_teacher - log_p_student), axis=-1
+        )
+        return kl * (self.temperature**2)
+
+
+@register_serializable
+class SoftTargetCrossEntropy(_SoftTargetLoss):
+    """Cross-entropy of the student against the teacher's soft targets.
+
+    `-T**2 * sum(softmax(teacher / T) * log_softmax(student / T))` over the
+    last axis. It differs from `KLDivergence` by the teacher's entropy, a
+    constant for the student, so the gradients are the same; the value is
+    what many papers and libraries report as "the distillation loss".
+
+    Args:
+        temperature: positive float, the softmax temperature.
+        teacher_from_logits: whether `y_true` holds logits (default) or
+            probabilities.
+        student_from_logits: whether `y_pred` holds logits (default) or
+            probabilities.
+        reduction: a Keras loss reduction, `"sum_over_batch_size"` by default.
+        name: optional name of the loss.
+
+    Returns:
+        A scalar loss in float32 (or a per-sample one with
+        `reduction="none"`).
+
+    Example:
+
+    >>> import numpy as np, keras_kd as kd
+    >>> loss = kd.losses.SoftTargetCrossEntropy(temperature=1.0)
+    >>> round(float(loss(np.array([[0.0, 0.0]]), np.array([[0.0, 0.0]]))), 4)
+    0.6931
+    """
+
+    def __init__(
+        self,
+        temperature: float = 2.0,
+        teacher_from_logits: bool = True,
+        student_from_logits: bool = True,
+        reduction: str = "sum_over_batch_size",
+        name: str | None = "soft_target_cross_entropy",
+    ):
+        super().__init__(
+            temperature=temperature,
+            teacher_from_logits=teacher_from_logits,
+            student_from_logits=student_from_logits,
+            reduction=reduction,
+            name=name,
+        )
+
+    def call(self, y_true, y_pred):
+        log_p_teacher, log_p_student = self._log_probs(y_true, y_pred)
+        cross_entropy = -tf.reduce_sum(
+            tf.exp(log_p_teacher) * log_p_student, axis=-1
+        )
+        return cross_entropy * (self.temperature**2)
+
+
+__all__ = ["KLDivergence", "SoftTargetCrossEntropy", "softened_log_probs"]
