@@ -1,0 +1,57 @@
+"""Shared fixtures: tiny models and data, one Keras flavour per process.
+
+The flavour is chosen by `TF_USE_LEGACY_KERAS` before TensorFlow is
+imported; CI runs the suite once per flavour.
+"""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from keras_kd import backend  # noqa: E402
+from keras_kd.backend import keras  # noqa: E402
+
+legacy_only = pytest.mark.skipif(
+    not backend.LEGACY, reason="tf_keras flavour only (TF_USE_LEGACY_KERAS=1)"
+)
+keras3_only = pytest.mark.skipif(backend.LEGACY, reason="Keras 3 flavour only")
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    keras.utils.set_random_seed(1234)
+    yield
+    keras.mixed_precision.set_global_policy("float32")
+
+
+def make_mlp(hidden, n_in=8, n_out=3, activation=None, name=None, dropout=0.0):
+    layers = [keras.Input((n_in,)), keras.layers.Dense(hidden, activation="relu")]
+    if dropout:
+        layers.append(keras.layers.Dropout(dropout))
+    layers.append(keras.layers.Dense(n_out, activation=activation))
+    return keras.Sequential(layers, name=name)
+
+
+@pytest.fixture
+def data():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 8)).astype("float32")
+    y = (x[:, 0] > 0).astype("int64") + (x[:, 1] > 0.5).astype("int64")
+    return x, y
+
+
+def np_log_softmax(z, axis=-1):
+    z = np.asarray(z, np.float64)
+    z = z - z.max(axis=axis, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=axis, keepdims=True))
+
+
+def np_kl(teacher_logits, student_logits, temperature):
+    """Reference: T^2 * KL(softmax(t/T) || softmax(s/T)), mean over samples."""
+    lt = np_log_softmax(np.asarray(teacher_logits) / temperature)
+    ls = np_log_softmax(np.asarray(student_logits) / temperature)
+    per = (np.exp(lt) * (lt - ls)).sum(-1) * temperature**2
+    return per.mean()

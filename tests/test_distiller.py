@@ -1,0 +1,400 @@
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_kd as kd
+from keras_kd import backend
+from keras_kd.backend import keras
+
+from conftest import keras3_only, make_mlp, np_kl
+
+SCCE = "sparse_categorical_crossentropy"
+
+
+def hard_loss():
+    return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+def trained_teacher(x, y, activation=None):
+    teacher = make_mlp(32, activation=activation, name="teacher")
+    teacher.compile(
+        optimizer="adam",
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=activation is None),
+    )
+    teacher.fit(x, y, epochs=3, batch_size=16, verbose=0)
+    return teacher
+
+
+def distiller_for(x, y, alpha=0.5, temperature=2.0, **compile_kwargs):
+    d = kd.Distiller(teacher=trained_teacher(x, y), student=make_mlp(4, name="student"))
+    d.compile(
+        optimizer=keras.optimizers.SGD(0.1),
+        loss=hard_loss(),
+        metrics=["accuracy"],
+        distillation_loss=kd.losses.KLDivergence(temperature),
+        alpha=alpha,
+        **compile_kwargs,
+    )
+    return d
+
+
+def test_history_has_total_hard_and_distillation_loss_for_train_and_validation(data):
+    x, y = data
+    d = distiller_for(x, y)
+    history = d.fit(x, y, validation_split=0.25, epochs=2, batch_size=16, verbose=0)
+    for key in ["loss", "hard_loss", "distillation_loss", "accuracy"]:
+        assert key in history.history and "val_" + key in history.history
+        assert len(history.history[key]) == 2
+
+
+def test_total_loss_combines_terms_with_alpha_weighting_distillation(data):
+    x, y = data
+    d = distiller_for(x, y, alpha=0.3)
+    logs = d.evaluate(x, y, verbose=0, return_dict=True, batch_size=64)
+    expected = 0.3 * logs["distillation_loss"] + 0.7 * logs["hard_loss"]
+    assert logs["loss"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_evaluated_distillation_loss_matches_numpy_reference(data):
+    x, y = data
+    d = distiller_for(x, y, temperature=3.0)
+    logs = d.evaluate(x, y, verbose=0, return_dict=True, batch_size=64)
+    t = d.teacher.predict(x, verbose=0)
+    s = d.student.predict(x, verbose=0)
+    assert logs["distillation_loss"] == pytest.approx(np_kl(t, s, 3.0), rel=1e-4)
+    # evaluate reports the student's metrics
+    acc = np.mean(np.argmax(s, -1) == y)
+    assert logs["accuracy"] == pytest.approx(acc)
+
+
+def test_teacher_weights_unchanged_after_fit(data):
+    x, y = data
+    teacher = make_mlp(16, dropout=0.5, name="teacher")
+    before = [w.copy() for w in teacher.get_weights()]
+    d = kd.Distiller(teacher=teacher, student=make_mlp(4))
+    d.compile(optimizer="adam", loss=hard_loss(), alpha=0.5)
+    d.fit(x, y, epochs=2, batch_size=8, verbose=0)
+    after = teacher.get_weights()
+    assert all(np.array_equal(a, b) for a, b in zip(before, after))
+    assert not teacher.trainable
+    assert all(not any(v is w for w in d.trainable_weights) for v in teacher.weights)
+
+
+def test_student_weights_change_during_fit(data):
+    x, y = data
+    d = distiller_for(x, y)
+    before = [w.copy() for w in d.student.get_weights()]
+    d.fit(x, y, epochs=1, batch_size=16, verbose=0)
+    assert any(not np.array_equal(a, b) for a, b in zip(before, d.student.get_weights()))
+
+
+def _twin_students():
+    s1 = make_mlp(6, name="s1")
+    s2 = keras.models.clone_model(s1)
+    s2.set_weights(s1.get_weights())
+    return s1, s2
+
+
+def test_alpha_zero_trains_like_plain_student_fit(data):
+    x, y = data
+    plain, distilled = _twin_students()
+    plain.compile(optimizer=keras.optimizers.SGD(0.1), loss=hard_loss())
+    plain.fit(x, y, epochs=2, batch_size=16, shuffle=False, verbose=0)
+    d = kd.Distiller(teacher=trained_teacher(x, y), student=distilled)
+    d.compile(optimizer=keras.optimizers.SGD(0.1), loss=hard_loss(), alpha=0.0)
+    d.fit(x, y, epochs=2, batch_size=16, shuffle=False, verbose=0)
+    for a, b in zip(plain.get_weights(), distilled.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_alpha_one_ignores_the_labels(data):
+    x, y = data
+    teacher = trained_teacher(x, y)
+    s1, s2 = _twin_students()
+    wrong = (y + 1) % 3
+    for student, labels in ((s1, y), (s2, wrong)):
+        d = kd.Distiller(teacher=teacher, student=student)
+        d.compile(optimizer=keras.optimizers.SGD(0.1), loss=hard_loss(), alpha=1.0)
+        d.fit(x, labels, epochs=2, batch_size=16, shuffle=False, verbose=0)
+    for a, b in zip(s1.get_weights(), s2.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    # ...while the labels do matter for alpha < 1 (so the check above can fail).
+    s3, s4 = _twin_students()
+    for student, labels in ((s3, y), (s4, wrong)):
+        d = kd.Distiller(teacher=teacher, student=student)
+        d.compile(optimizer=keras.optimizers.SGD(0.1), loss=hard_loss(), alpha=0.5)
+        d.fit(x, labels, epochs=1, batch_size=16, shuffle=False, verbose=0)
+    assert not np.allclose(s3.get_weights()[0], s4.get_weights()[0])
+
+
+def test_alpha_one_needs_no_labels_and_no_hard_loss(data):
+    x, y = data
+    d = kd.Distiller(teacher=trained_teacher(x, y), student=make_mlp(4))
+    d.compile(optimizer="adam", loss=None, alpha=1.0)
+    history = d.fit(x, epochs=1, batch_size=16, verbose=0)
+    assert history.history["hard_loss"] == [0.0]
+    assert history.history["loss"][0] == pytest.approx(history.history["distillation_loss"][0])
+
+
+def test_softmax_teacher_is_detected_and_gives_right_soft_targets(data):
+    x, y = data
+    logit_teacher = trained_teacher(x, y)
+    prob_teacher = keras.Sequential(
+        [keras.Input((8,)), *logit_teacher.layers, keras.layers.Softmax()]
+    )
+    student = make_mlp(4)
+    results = []
+    for teacher in (logit_teacher, prob_teacher):
+        d = kd.Distiller(teacher=teacher, student=student)
+        d.compile(optimizer="sgd", loss=hard_loss(), distillation_loss=kd.losses.KLDivergence(4.0))
+        results.append(d.evaluate(x, y, verbose=0, return_dict=True)["distillation_loss"])
+    assert results[1] == pytest.approx(results[0], rel=1e-4)
+
+
+def test_softmax_activation_in_last_dense_is_detected(data):
+    x, y = data
+    teacher = trained_teacher(x, y, activation="softmax")
+    d = kd.Distiller(teacher=teacher, student=make_mlp(4))
+    assert list(d._teacher_probs) == [True]
+    d.compile(optimizer="sgd", loss=hard_loss(), distillation_loss=kd.losses.KLDivergence(2.0))
+    logs = d.evaluate(x, y, verbose=0, return_dict=True, batch_size=64)
+    t_logits = np.log(np.clip(teacher.predict(x, verbose=0), 1e-7, 1))
+    s = d.student.predict(x, verbose=0)
+    assert logs["distillation_loss"] == pytest.approx(np_kl(t_logits, s, 2.0), rel=1e-4)
+
+
+def test_teacher_none_is_plain_supervised_training(data):
+    x, y = data
+    plain, distilled = _twin_students()
+    plain.compile(optimizer=keras.optimizers.SGD(0.1), loss=hard_loss())
+    plain.fit(x, y, epochs=1, batch_size=16, shuffle=False, verbose=0)
+    d = kd.Distiller(teacher=None, student=distilled)
+    d.compile(optimizer=keras.optimizers.SGD(0.1), loss=hard_loss(), alpha=0.9)
+    history = d.fit(x, y, epochs=1, batch_size=16, shuffle=False, verbose=0)
+    assert history.history["distillation_loss"] == [0.0]
+    for a, b in zip(plain.get_weights(), distilled.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["numpy", "tf.data", "tfds"])
+def test_accepts_numpy_tf_data_and_tfds(data, kind):
+    x, y = data
+    if kind == "numpy":
+        inputs = dict(x=x, y=y, batch_size=16)
+    elif kind == "tf.data":
+        inputs = dict(x=tf.data.Dataset.from_tensor_slices((x, y)).batch(16))
+    else:
+        tfds = pytest.importorskip("tensorflow_datasets")
+        with tfds.testing.mock_data(num_examples=32):
+            ds = tfds.load("mnist", split="train", as_supervised=True)
+        ds = ds.map(lambda im, lab: (tf.reshape(tf.cast(im, tf.float32), (784,))[:8] / 255.0, lab % 3))
+        inputs = dict(x=ds.batch(8))
+    d = distiller_for(x, y)
+    history = d.fit(epochs=1, verbose=0, **inputs)
+    assert np.isfinite(history.history["loss"][0])
+
+
+def test_sample_weights_scale_both_terms(data):
+    x, y = data
+    d = distiller_for(x, y)
+    plain = d.evaluate(x, y, verbose=0, return_dict=True, batch_size=64)
+    weighted = d.evaluate(x, y, sample_weight=np.full(len(x), 2.0), verbose=0,
+                          return_dict=True, batch_size=64)
+    assert weighted["distillation_loss"] == pytest.approx(2 * plain["distillation_loss"], rel=1e-5)
+    assert weighted["hard_loss"] == pytest.approx(2 * plain["hard_loss"], rel=1e-5)
+    d.fit(x, y, sample_weight=np.linspace(0, 1, len(x)), epochs=1, verbose=0)
+
+
+def test_predict_and_call_are_the_students(data):
+    x, y = data
+    d = distiller_for(x, y)
+    np.testing.assert_allclose(d.predict(x, verbose=0), d.student.predict(x, verbose=0), rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(d(x[:4])), np.asarray(d.student(x[:4])), rtol=1e-6)
+
+
+def _two_output_model(hidden, name):
+    inputs = keras.Input((8,))
+    h = keras.layers.Dense(hidden, activation="relu")(inputs)
+    a = keras.layers.Dense(3, name="a")(h)
+    b = keras.layers.Dense(5, name="b")(h)
+    return keras.Model(inputs, [a, b], name=name)
+
+
+def test_multi_output_with_a_loss_per_output(data):
+    x, y = data
+    y2 = (y + 1) % 5
+    teacher, student = _two_output_model(16, "teacher"), _two_output_model(4, "student")
+    d = kd.Distiller(teacher=teacher, student=student)
+    d.compile(
+        optimizer="adam",
+        loss=[hard_loss(), hard_loss()],
+        distillation_loss={"a": kd.losses.KLDivergence(2.0), "b": None},
+        alpha=0.5,
+    )
+    d.fit(x, (y, y2), epochs=1, batch_size=16, verbose=0)
+    logs = d.evaluate(x, (y, y2), verbose=0, return_dict=True, batch_size=64)
+    t_a = teacher.predict(x, verbose=0)[0]
+    s_a = student.predict(x, verbose=0)[0]
+    assert logs["distillation_loss"] == pytest.approx(np_kl(t_a, s_a, 2.0), rel=1e-4)
+    d.compile(
+        optimizer="adam",
+        loss=[hard_loss(), hard_loss()],
+        distillation_loss=[kd.losses.KLDivergence(2.0), kd.losses.KLDivergence(3.0)],
+    )
+    logs = d.evaluate(x, (y, y2), verbose=0, return_dict=True, batch_size=64)
+    t_b, s_b = teacher.predict(x, verbose=0)[1], student.predict(x, verbose=0)[1]
+    expected = np_kl(t_a, s_a, 2.0) + np_kl(t_b, s_b, 3.0)
+    assert logs["distillation_loss"] == pytest.approx(expected, rel=1e-4)
+
+
+def test_save_and_load_round_trip(data, tmp_path):
+    x, y = data
+    d = distiller_for(x, y, alpha=0.25, temperature=5.0)
+    d.fit(x, y, epochs=1, batch_size=16, verbose=0)
+    path = str(tmp_path / "distiller.keras")
+    d.save(path)
+    restored = keras.saving.load_model(path)
+    assert isinstance(restored, kd.Distiller)
+    assert restored.alpha == pytest.approx(0.25)
+    assert restored.distillation_loss.temperature == 5.0
+    assert not restored.teacher.trainable
+    np.testing.assert_allclose(restored.predict(x, verbose=0), d.predict(x, verbose=0), rtol=1e-6)
+    np.testing.assert_allclose(
+        restored.teacher.predict(x, verbose=0), d.teacher.predict(x, verbose=0), rtol=1e-6
+    )
+    a = d.evaluate(x, y, verbose=0, return_dict=True)
+    b = restored.evaluate(x, y, verbose=0, return_dict=True)
+    for key in a:
+        assert b[key] == pytest.approx(a[key], rel=1e-5)
+    restored.fit(x, y, epochs=1, batch_size=16, verbose=0)
+
+
+def test_student_saves_as_a_plain_keras_model(data, tmp_path):
+    x, y = data
+    d = distiller_for(x, y)
+    d.fit(x, y, epochs=1, batch_size=16, verbose=0)
+    path = str(tmp_path / "student.keras")
+    d.student.save(path)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "pred.npy", d.student.predict(x, verbose=0))
+    keras_module = "tf_keras" if backend.LEGACY else "keras"
+    script = (
+        "import sys, numpy as np\n"
+        f"import {keras_module} as keras\n"
+        f"m = keras.saving.load_model({path!r})\n"
+        f"x = np.load({str(tmp_path / 'x.npy')!r})\n"
+        f"ref = np.load({str(tmp_path / 'pred.npy')!r})\n"
+        "np.testing.assert_allclose(m.predict(x, verbose=0), ref, rtol=1e-6)\n"
+        "assert not any(k.startswith('keras_kd') for k in sys.modules), 'keras_kd imported'\n"
+    )
+    env = dict(os.environ, PYTHONPATH="")
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                            text=True, cwd=str(tmp_path))
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_jit_compile_and_steps_per_execution(data):
+    x, y = data
+    d = distiller_for(x, y, jit_compile=True, steps_per_execution=2)
+    history = d.fit(x, y, epochs=1, batch_size=16, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_mixed_precision_losses_are_float32(data, policy):
+    x, y = data
+    teacher = trained_teacher(x, y)
+    keras.mixed_precision.set_global_policy(policy)
+    student = make_mlp(4)
+    d = kd.Distiller(teacher=teacher, student=student)
+    d.compile(optimizer="adam", loss=hard_loss(), alpha=0.5)
+    history = d.fit(x, y, epochs=1, batch_size=16, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+    teacher_out = tf.cast(teacher(x[:4]), tf.float32)
+    value = d.distillation_loss(teacher_out, student(x[:4]))
+    assert value.dtype == tf.float32
+
+
+# --- errors, raised before training --------------------------------------------------
+
+
+def test_incomparable_output_shapes_are_rejected():
+    with pytest.raises(ValueError, match=r"teacher output shape \(None, 3\).*student output shape \(None, 5\)"):
+        kd.Distiller(teacher=make_mlp(8, n_out=3), student=make_mlp(4, n_out=5))
+
+
+def test_teacher_that_is_the_student_is_rejected():
+    model = make_mlp(4)
+    with pytest.raises(ValueError, match="`teacher` and `student` must be different"):
+        kd.Distiller(teacher=model, student=model)
+
+
+@pytest.mark.parametrize("alpha", [-0.1, 1.5])
+def test_alpha_outside_unit_interval_is_rejected(alpha):
+    d = kd.Distiller(teacher=make_mlp(8), student=make_mlp(4))
+    with pytest.raises(ValueError, match=rf"`alpha` must be between 0 and 1.*alpha={alpha}"):
+        d.compile(optimizer="adam", loss=SCCE, alpha=alpha)
+
+
+def test_non_numeric_alpha_is_rejected():
+    d = kd.Distiller(teacher=make_mlp(8), student=make_mlp(4))
+    with pytest.raises(TypeError, match="`alpha`"):
+        d.compile(optimizer="adam", loss=SCCE, alpha="0.5")
+    with pytest.raises(ValueError, match="`alpha`"):
+        d.alpha = 2.0
+
+
+def test_temperature_must_be_positive_when_building_the_loss():
+    with pytest.raises(ValueError, match="`temperature` must be greater than 0"):
+        kd.losses.KLDivergence(temperature=-2.0)
+
+
+@pytest.mark.parametrize("bad", [3, keras.optimizers.Adam, "adam"])
+def test_distillation_loss_that_is_not_a_loss_is_rejected(bad):
+    d = kd.Distiller(teacher=make_mlp(8), student=make_mlp(4))
+    with pytest.raises((TypeError, ValueError), match="`distillation_loss`.*Received"):
+        d.compile(optimizer="adam", loss=SCCE, distillation_loss=bad)
+
+
+@pytest.mark.parametrize("bad", [42, "not_a_loss"])
+def test_hard_loss_that_is_not_a_loss_is_rejected(bad):
+    d = kd.Distiller(teacher=make_mlp(8), student=make_mlp(4))
+    with pytest.raises((TypeError, ValueError), match="`loss`.*Received"):
+        d.compile(optimizer="adam", loss=bad)
+
+
+def test_missing_hard_loss_is_rejected_when_labels_are_weighted():
+    d = kd.Distiller(teacher=make_mlp(8), student=make_mlp(4))
+    with pytest.raises(ValueError, match="`loss`.*required"):
+        d.compile(optimizer="adam", loss=None, alpha=0.5)
+
+
+def test_student_without_trainable_weights_is_rejected():
+    student = make_mlp(4)
+    student.trainable = False
+    with pytest.raises(ValueError, match="`student` has no trainable weights"):
+        kd.Distiller(teacher=make_mlp(8), student=student)
+
+
+def test_non_model_arguments_are_rejected():
+    with pytest.raises(TypeError, match="`student` must be"):
+        kd.Distiller(teacher=make_mlp(8), student="model.keras")
+    with pytest.raises(TypeError, match="`teacher` must be"):
+        kd.Distiller(teacher=lambda x: x, student=make_mlp(4))
+
+
+def test_unknown_output_name_in_distillation_loss_dict_is_rejected():
+    d = kd.Distiller(teacher=_two_output_model(8, "t"), student=_two_output_model(4, "s"))
+    with pytest.raises(ValueError, match="names no output.*'c'"):
+        d.compile(optimizer="adam", loss=[SCCE, SCCE], distillation_loss={"c": kd.losses.KLDivergence()})
+
+
+@keras3_only
+def test_non_tensorflow_backend_is_rejected(monkeypatch):
+    monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
+    with pytest.raises(ValueError, match="TensorFlow backend.*'jax'"):
+        kd.Distiller(teacher=make_mlp(8), student=make_mlp(4))
