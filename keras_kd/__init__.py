@@ -11,10 +11,20 @@ distiller.fit(train_ds, epochs=10)
 ```
 """
 
-from keras_kd import backend
-from keras_kd import losses
-from keras_kd.distiller import Distiller
+import os as _os
+import sys as _sys
+
+# The `keras-kd` command imports this package before its own module runs, so
+# its quiet TensorFlow logging has to be set here, before TensorFlow loads.
+# Only the command does this; a user's `import keras_kd` changes nothing.
+if _os.path.basename(_sys.argv[0] if _sys.argv else "").startswith("keras-kd"):
+    _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from keras_kd import backend  # noqa: E402
+from keras_kd import data  # noqa: E402
+from keras_kd import losses  # noqa: E402
+from keras_kd.distiller import Distiller  # noqa: E402
 
 __version__ = "0.1.0"
 
-__all__ = ["Distiller", "backend", "losses", "__version__"]
+__all__ = ["Distiller", "backend", "data", "losses", "__version__"]

@@ -1,0 +1,51 @@
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from keras_kd import cli
+
+
+def test_demo_trains_three_models_and_prints_the_table(capsys):
+    result = cli.run_demo(
+        cli._build_parser().parse_args(
+            ["demo", "--teacher-epochs", "1", "--epochs", "1", "--verbose", "0"]
+        )
+    )
+    out = capsys.readouterr().out
+    assert "scikit-learn digits" in out
+    for label in ("teacher (CNN)", "student, from scratch", "student, distilled"):
+        assert label in out
+    rows = {r["model"]: r for r in result["rows"]}
+    assert rows["teacher (CNN)"]["agreement"] == 1.0
+    assert rows["student, from scratch"]["params"] == rows["student, distilled"]["params"]
+    assert rows["teacher (CNN)"]["params"] > 10 * rows["student, distilled"]["params"]
+    for r in rows.values():
+        assert 0.0 <= r["accuracy"] <= 1.0
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["demo", "--alpha", "1.5"], "--alpha must be between 0 and 1"),
+        (["demo", "--temperature", "0"], "--temperature must be greater than 0"),
+        (["demo", "--epochs", "0"], "expected a positive integer"),
+    ],
+)
+def test_demo_rejects_bad_arguments(argv, message, capsys):
+    with pytest.raises(SystemExit) as excinfo:
+        cli.main(argv)
+    assert excinfo.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_console_script_is_installed():
+    beside_python = os.path.join(os.path.dirname(sys.executable), "keras-kd")
+    exe = shutil.which("keras-kd") or (beside_python if os.path.exists(beside_python) else None)
+    if exe is None:
+        pytest.skip("keras-kd is not installed as a console script (pip install -e .)")
+    result = subprocess.run([exe, "demo", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0
+    assert "--dataset" in result.stdout
