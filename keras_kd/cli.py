@@ -182,13 +182,13 @@ def _build_parser() -> argparse.ArgumentParser:
         "classification name such as 'mnist' (default: digits)",
     )
     demo.add_argument("--data-dir", default=None, help="tfds data dir (for --dataset)")
-    demo.add_argument("--teacher-epochs", type=_positive_int, default=20)
-    demo.add_argument("--epochs", type=_positive_int, default=30, help="student epochs")
-    demo.add_argument("--student-hidden", type=_positive_int, default=16)
-    demo.add_argument("--temperature", type=float, default=4.0)
+    demo.add_argument("--teacher-epochs", type=_positive_int, default=30)
+    demo.add_argument("--epochs", type=_positive_int, default=60, help="student epochs")
+    demo.add_argument("--student-hidden", type=_positive_int, default=32)
+    demo.add_argument("--temperature", type=float, default=8.0)
     demo.add_argument("--alpha", type=float, default=0.9,
                       help="weight of the distillation term (default 0.9)")
-    demo.add_argument("--learning-rate", type=float, default=3e-3)
+    demo.add_argument("--learning-rate", type=float, default=1e-2)
     demo.add_argument("--batch-size", type=_positive_int, default=64)
     demo.add_argument("--max-train", type=_positive_int, default=None,
                       help="use at most this many training images (tfds)")
