@@ -128,16 +128,31 @@ def _check_loss_function(value, argument: str):
                 f"{argument}={value!r}. Expected a `keras.losses.Loss` such "
                 "as `keras_kd.losses.KLDivergence(temperature=4.0)`."
             ) from e
-    if isinstance(value, keras.losses.Loss) or (
-        callable(value) and not isinstance(value, (type, keras.Model))
-    ):
+    if isinstance(value, keras.losses.Loss):
         return value
+    if callable(value) and not isinstance(value, (type, keras.Model)):
+        return _CallableLoss(value)
     raise TypeError(
         f"Argument `{argument}` must be a `keras.losses.Loss` (or a callable "
         f"`fn(teacher_output, student_output)`), e.g. "
         f"`keras_kd.losses.KLDivergence(temperature=4.0)`. Received: "
         f"{argument}={value!r} of type {type(value).__name__}."
     )
+
+
+class _CallableLoss(keras.losses.Loss):
+    """Gives a plain `fn(teacher_output, student_output)` Keras's reduction,
+    sample weighting and distribution scaling."""
+
+    def __init__(self, fn):
+        name = getattr(fn, "__name__", "")
+        if not name.isidentifier() or name == "<lambda>":
+            name = "distillation_loss"
+        super().__init__(name=name)
+        self.fn = fn
+
+    def call(self, y_true, y_pred):
+        return self.fn(y_true, y_pred)
 
 
 def _check_hard_loss(loss):
@@ -530,11 +545,14 @@ class Distiller(keras.Model):
             _check_pair_shapes(t, s, i)
             t = _as_logits(t, teacher_probs[i], fn, "teacher_from_logits")
             s = _as_logits(s, student_probs[i], fn, "student_from_logits")
-            if weights[i] is not None:
-                value = fn(t, s, sample_weight=weights[i])
-            else:
-                value = fn(t, s)
-            terms.append(tf.cast(value, tf.float32))
+            if backend.LEGACY:
+                # tf_keras refuses a batch-mean reduction under a strategy
+                # unless, as `compile` does, the caller scales per replica.
+                fn._allow_sum_over_batch_size = True
+            value = tf.cast(fn(t, s, sample_weight=weights[i]), tf.float32)
+            if backend.LEGACY:
+                value = value / float(backend.num_replicas())
+            terms.append(value)
         if not terms:
             return tf.zeros((), tf.float32)
         return tf.add_n(terms)
@@ -549,14 +567,21 @@ class Distiller(keras.Model):
             distill = self._distillation_term(teacher_output, y_pred, sample_weight)
             alpha = self._alpha
             total = alpha * distill + (1.0 - alpha) * hard
-        regularization = [tf.cast(tf.reduce_sum(l), tf.float32) for l in self.student.losses]
+        regularization = [
+            tf.cast(tf.reduce_sum(loss), tf.float32) for loss in self.student.losses
+        ]
         if regularization:
-            total = total + tf.add_n(regularization)
+            regularization = tf.add_n(regularization)
+            if backend.LEGACY:  # as tf_keras's compiled loss scales it
+                regularization = regularization / float(backend.num_replicas())
+            total = total + regularization
         return total, hard, distill
 
     def _update_metrics(self, x, y, y_pred, sample_weight, total, hard, distill):
+        # Losses are scaled by 1 / replicas for the gradient sum across
+        # replicas (Keras does the same); the trackers show unscaled values.
         batch = tf.shape(tf.nest.flatten(x)[0])[0]
-        replicas = backend.num_replicas() if not backend.LEGACY else 1
+        replicas = backend.num_replicas()
         for tracker, value in (
             (self.total_loss_tracker, total),
             (self.hard_loss_tracker, hard),

@@ -398,3 +398,15 @@ def test_non_tensorflow_backend_is_rejected(monkeypatch):
     monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
     with pytest.raises(ValueError, match="TensorFlow backend.*'jax'"):
         kd.Distiller(teacher=make_mlp(8), student=make_mlp(4))
+
+
+def test_plain_callable_distillation_loss_is_reduced_and_weighted(data):
+    x, y = data
+    d = distiller_for(x, y)
+    reference = kd.losses.KLDivergence(2.0, reduction="none")
+    d.compile(optimizer="sgd", loss=hard_loss(),
+              distillation_loss=lambda t, s: reference(t, s))
+    logs = d.evaluate(x, y, verbose=0, return_dict=True, batch_size=64)
+    t, s = d.teacher.predict(x, verbose=0), d.student.predict(x, verbose=0)
+    assert logs["distillation_loss"] == pytest.approx(np_kl(t, s, 2.0), rel=1e-4)
+    d.fit(x, y, sample_weight=np.ones(len(x)), epochs=1, verbose=0)
