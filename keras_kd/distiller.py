@@ -101,18 +101,18 @@ def output_is_probabilities(model):
     return [_applies_softmax(layer) for layer in layers]
 
 
-def _check_alpha(alpha) -> float:
+def _check_alpha(alpha, argument: str = "alpha") -> float:
     if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real):
         raise TypeError(
-            "Argument `alpha` must be a number between 0 and 1 (the weight of "
-            "the distillation term). Received: "
-            f"alpha={alpha!r} of type {type(alpha).__name__}."
+            f"Argument `{argument}` must be a number between 0 and 1 (the "
+            "weight of the distillation term). Received: "
+            f"{argument}={alpha!r} of type {type(alpha).__name__}."
         )
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(
-            "Argument `alpha` must be between 0 and 1: it weights the "
+            f"Argument `{argument}` must be between 0 and 1: it weights the "
             "distillation term, loss = alpha * distillation + (1 - alpha) * "
-            f"hard. Received: alpha={alpha}."
+            f"hard. Received: {argument}={alpha}."
         )
     return float(alpha)
 
@@ -229,6 +229,15 @@ class Distiller(keras.Model):
         teacher: a trained `keras.Model`, or None.
         student: the `keras.Model` to train; its outputs must have the
             teacher's shapes.
+        train_teacher: online distillation: train the teacher at the same
+            time, on the hard labels (and, with `teacher_alpha`, towards the
+            student). The student always learns from the teacher's current
+            outputs with the gradient stopped. Both share the optimizer's
+            configuration; each weight has its own optimizer state.
+        teacher_alpha: with `train_teacher`, the weight of the distillation
+            term in the teacher's loss (the student as the teacher's
+            teacher, as in Deep Mutual Learning), in [0, 1]; 0 trains the
+            teacher on the hard labels alone.
         name: the model's name.
         **kwargs: passed to `keras.Model`.
 
@@ -250,8 +259,27 @@ class Distiller(keras.Model):
     ```
     """
 
-    def __init__(self, teacher=None, student=None, name="distiller", **kwargs):
+    def __init__(
+        self,
+        teacher=None,
+        student=None,
+        train_teacher: bool = False,
+        teacher_alpha: float = 0.0,
+        name="distiller",
+        **kwargs,
+    ):
         backend.check_tensorflow_backend("Distiller")
+        if not isinstance(train_teacher, bool):
+            raise TypeError(
+                "Argument `train_teacher` must be True or False. "
+                f"Received: train_teacher={train_teacher!r}."
+            )
+        if train_teacher and teacher is None:
+            raise ValueError(
+                "Argument `train_teacher=True` needs a teacher to train. "
+                "Received: teacher=None."
+            )
+        teacher_alpha = _check_alpha(teacher_alpha, "teacher_alpha")
         _check_model(teacher, "teacher", allow_none=True)
         _check_model(student, "student", allow_none=False)
         if teacher is student:
@@ -267,7 +295,9 @@ class Distiller(keras.Model):
         super().__init__(name=name, **kwargs)
         self.teacher = teacher
         self.student = student
-        if teacher is not None:
+        self.train_teacher = train_teacher
+        self.teacher_alpha = teacher_alpha
+        if teacher is not None and not train_teacher:
             teacher.trainable = False
         self._alpha = tf.Variable(
             0.5, trainable=False, dtype=tf.float32, name="alpha"
@@ -282,6 +312,9 @@ class Distiller(keras.Model):
         self.hard_loss_tracker = keras.metrics.Mean(name="hard_loss")
         self.distillation_loss_tracker = keras.metrics.Mean(
             name="distillation_loss"
+        )
+        self.teacher_loss_tracker = (
+            keras.metrics.Mean(name="teacher_loss") if train_teacher else None
         )
         if getattr(student, "built", False):
             self.built = True
@@ -346,6 +379,12 @@ class Distiller(keras.Model):
         """
         alpha = _check_alpha(alpha)
         _check_hard_loss(loss)
+        if loss is None and self.train_teacher:
+            raise ValueError(
+                "Argument `loss` (the hard-label loss) is required with "
+                "`train_teacher=True`: the teacher learns from the labels. "
+                "Received: loss=None."
+            )
         if loss is None and (self.teacher is None or alpha < 1.0):
             raise ValueError(
                 "Argument `loss` (the hard-label loss) is required unless "
@@ -381,6 +420,8 @@ class Distiller(keras.Model):
             "name": self.name,
             "teacher": None if self.teacher is None else _serialize(self.teacher),
             "student": _serialize(self.student),
+            "train_teacher": self.train_teacher,
+            "teacher_alpha": self.teacher_alpha,
         }
 
     @classmethod
@@ -401,6 +442,8 @@ class Distiller(keras.Model):
             self.hard_loss_tracker,
             self.distillation_loss_tracker,
         ]
+        if self.teacher_loss_tracker is not None:
+            own.append(self.teacher_loss_tracker)
         builtin = self._builtin_loss_trackers()
         rest = [
             m
@@ -411,6 +454,8 @@ class Distiller(keras.Model):
 
     def train_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        if self.train_teacher:
+            return self._online_train_step(x, y, sample_weight)
         teacher_output = self._teacher_forward(x)
         with tf.GradientTape() as tape:
             y_pred = self.student(x, training=True)
@@ -426,6 +471,73 @@ class Distiller(keras.Model):
             gradients = tape.gradient(scaled, variables)
             self.optimizer.apply_gradients(zip(gradients, variables))
         return self._update_metrics(x, y, y_pred, sample_weight, total, hard, distill)
+
+    def _online_train_step(self, x, y, sample_weight):
+        """Teacher and student learn together; each is the other's target
+        with the gradient stopped."""
+        with tf.GradientTape() as tape:
+            teacher_output = self.teacher(x, training=True)
+            y_pred = self.student(x, training=True)
+            frozen_teacher = tf.nest.map_structure(tf.stop_gradient, teacher_output)
+            total, hard, distill = self._step_losses(
+                x, y, y_pred, frozen_teacher, sample_weight
+            )
+            teacher_loss = self._hard_loss(y, teacher_output, sample_weight)
+            if self.teacher_alpha > 0.0:
+                frozen_student = tf.nest.map_structure(tf.stop_gradient, y_pred)
+                towards_student = self._distillation_term(
+                    frozen_student, teacher_output, sample_weight
+                )
+                teacher_loss = (
+                    self.teacher_alpha * towards_student
+                    + (1.0 - self.teacher_alpha) * teacher_loss
+                )
+            teacher_reg = [tf.cast(tf.reduce_sum(l), tf.float32) for l in self.teacher.losses]
+            if teacher_reg:
+                teacher_loss = teacher_loss + tf.add_n(teacher_reg)
+            both = total + teacher_loss
+            if not backend.LEGACY:
+                scaled = self.optimizer.scale_loss(both)
+        variables = self.trainable_variables
+        if backend.LEGACY:
+            self.optimizer.minimize(both, variables, tape=tape)
+        else:
+            gradients = tape.gradient(scaled, variables)
+            self.optimizer.apply_gradients(zip(gradients, variables))
+        batch = tf.shape(tf.nest.flatten(x)[0])[0]
+        self.teacher_loss_tracker.update_state(
+            teacher_loss * float(backend.num_replicas()), sample_weight=batch
+        )
+        return self._update_metrics(x, y, y_pred, sample_weight, total, hard, distill)
+
+    def _replace_teacher(self, teacher):
+        """Swaps in a new frozen teacher (self-distillation generations).
+
+        The new teacher is not tracked as part of the Distiller's state, so
+        the Distiller's weights (and checkpoints of them, such as those of
+        `BackupAndRestore`) keep the same structure from one generation to
+        the next. Compiled train/test functions are rebuilt.
+        """
+        _check_model(teacher, "teacher", allow_none=True)
+        if teacher is self.student:
+            raise ValueError(
+                "The new teacher must not be the student itself; give it a "
+                "frozen copy."
+            )
+        if teacher is not None:
+            _check_output_shapes(teacher, self.student)
+            teacher.trainable = False
+        object.__setattr__(self, "teacher", teacher)
+        self._teacher_probs = (
+            output_is_probabilities(teacher) if teacher is not None else None
+        )
+        self._distillation_fns = None
+        self.train_function = None
+        self.test_function = None
+        self.predict_function = None
+        if getattr(self, "optimizer", None) is not None:
+            self.make_train_function(force=True)
+            self.make_test_function(force=True)
 
     def test_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)

@@ -91,7 +91,8 @@ class _SoftTargetLoss(keras.losses.Loss):
         name: str | None = None,
     ):
         super().__init__(name=name, reduction=reduction)
-        self.temperature = validate_temperature(temperature)
+        self._temperature = validate_temperature(temperature)
+        self._temperature_variable = None
         self.teacher_from_logits = _check_bool(
             teacher_from_logits, "teacher_from_logits"
         )
@@ -99,16 +100,50 @@ class _SoftTargetLoss(keras.losses.Loss):
             student_from_logits, "student_from_logits"
         )
 
-    def _log_probs(self, y_true, y_pred):
-        log_p_teacher = tf.stop_gradient(
-            softened_log_probs(
-                y_true, self.temperature, self.teacher_from_logits
+    @property
+    def temperature(self) -> float:
+        """The softmax temperature, a positive float."""
+        if self._temperature_variable is not None:
+            return float(self._temperature_variable.numpy())
+        return self._temperature
+
+    @temperature.setter
+    def temperature(self, value):
+        value = validate_temperature(value)
+        self._temperature = value
+        if self._temperature_variable is not None:
+            self._temperature_variable.assign(value)
+
+    def temperature_variable(self):
+        """The temperature as a `tf.Variable`, created on first call.
+
+        Once it exists, the loss reads the temperature from it, so that a
+        schedule (`keras_kd.callbacks.TemperatureSchedule`) can change it
+        between steps without retracing a compiled train function. A train
+        function traced before the variable existed keeps the old constant:
+        create the variable before the first `fit` (the schedules do).
+        """
+        if self._temperature_variable is None:
+            self._temperature_variable = tf.Variable(
+                self._temperature, trainable=False, dtype=tf.float32,
+                name="temperature",
             )
+        return self._temperature_variable
+
+    def _current_temperature(self):
+        if self._temperature_variable is not None:
+            return self._temperature_variable
+        return self._temperature
+
+    def _log_probs(self, y_true, y_pred):
+        temperature = self._current_temperature()
+        log_p_teacher = tf.stop_gradient(
+            softened_log_probs(y_true, temperature, self.teacher_from_logits)
         )
         log_p_student = softened_log_probs(
-            y_pred, self.temperature, self.student_from_logits
+            y_pred, temperature, self.student_from_logits
         )
-        return log_p_teacher, log_p_student
+        return log_p_teacher, log_p_student, temperature
 
     def get_config(self) -> dict:
         config = super().get_config()
@@ -177,11 +212,11 @@ class KLDivergence(_SoftTargetLoss):
         )
 
     def call(self, y_true, y_pred):
-        log_p_teacher, log_p_student = self._log_probs(y_true, y_pred)
+        log_p_teacher, log_p_student, temperature = self._log_probs(y_true, y_pred)
         kl = tf.reduce_sum(
             tf.exp(log_p_teacher) * (log_p_teacher - log_p_student), axis=-1
         )
-        return kl * (self.temperature**2)
+        return kl * tf.square(tf.cast(temperature, tf.float32))
 
 
 @register_serializable
@@ -231,11 +266,11 @@ class SoftTargetCrossEntropy(_SoftTargetLoss):
         )
 
     def call(self, y_true, y_pred):
-        log_p_teacher, log_p_student = self._log_probs(y_true, y_pred)
+        log_p_teacher, log_p_student, temperature = self._log_probs(y_true, y_pred)
         cross_entropy = -tf.reduce_sum(
             tf.exp(log_p_teacher) * log_p_student, axis=-1
         )
-        return cross_entropy * (self.temperature**2)
+        return cross_entropy * tf.square(tf.cast(temperature, tf.float32))
 
 
 __all__ = ["KLDivergence", "SoftTargetCrossEntropy", "softened_log_probs"]
