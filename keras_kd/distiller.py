@@ -79,10 +79,25 @@ def _output_layers(model):
 
 
 def _applies_softmax(layer) -> bool:
-    """Whether `layer` ends with a softmax (its outputs are probabilities)."""
+    """Whether `layer` ends with a softmax (its outputs are probabilities).
+
+    Looks through wrappers that hold the real layer in `.layer` (tfmot's
+    quantize and prune wrappers, `TimeDistributed`) and through activations
+    that hold the real one in `.activation` (tfmot's quantize-aware ones).
+    """
+    for _ in range(8):
+        inner = getattr(layer, "layer", None)
+        if not isinstance(inner, keras.layers.Layer):
+            break
+        layer = inner
     if isinstance(layer, keras.layers.Softmax):
         return True
     activation = getattr(layer, "activation", None)
+    for _ in range(8):
+        inner = getattr(activation, "activation", None)
+        if inner is None:
+            break
+        activation = inner
     if activation is None:
         return False
     name = getattr(activation, "__name__", None) or str(activation)
