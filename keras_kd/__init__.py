@@ -23,7 +23,9 @@ if _os.path.basename(_sys.argv[0] if _sys.argv else "").startswith("keras-kd"):
 from keras_kd import backend  # noqa: E402
 from keras_kd import callbacks  # noqa: E402
 from keras_kd import data  # noqa: E402
+from keras_kd import export  # noqa: E402
 from keras_kd import losses  # noqa: E402
+from keras_kd import optimize  # noqa: E402
 from keras_kd.distiller import Distiller  # noqa: E402
 from keras_kd.online import MutualLearning  # noqa: E402
 
@@ -35,6 +37,8 @@ __all__ = [
     "backend",
     "callbacks",
     "data",
+    "export",
     "losses",
+    "optimize",
     "__version__",
 ]
