@@ -8,10 +8,11 @@ import pytest
 from keras_kd import cli
 
 
-def test_demo_trains_three_models_and_prints_the_table(capsys):
+def test_demo_trains_three_models_exports_and_prints_the_table(capsys, tmp_path):
     result = cli.run_demo(
         cli._build_parser().parse_args(
-            ["demo", "--teacher-epochs", "1", "--epochs", "1", "--verbose", "0"]
+            ["demo", "--teacher-epochs", "1", "--epochs", "1", "--verbose", "0",
+             "--out-dir", str(tmp_path)]
         )
     )
     out = capsys.readouterr().out
@@ -24,6 +25,15 @@ def test_demo_trains_three_models_and_prints_the_table(capsys):
     assert rows["teacher (CNN)"]["params"] > 10 * rows["student, distilled"]["params"]
     for r in rows.values():
         assert 0.0 <= r["accuracy"] <= 1.0
+    for quantization in ("float32", "int8"):
+        row = rows[f"distilled, .tflite {quantization}"]
+        path = tmp_path / f"student_{quantization}.tflite"
+        assert path.stat().st_size == row["size_bytes"] > 0
+        assert row["latency_ms"] > 0
+    # the float32 file predicts what the Keras student predicts
+    assert rows["distilled, .tflite float32"]["accuracy"] == rows["student, distilled"]["accuracy"]
+    assert (rows["distilled, .tflite int8"]["size_bytes"]
+            < rows["distilled, .tflite float32"]["size_bytes"])
 
 
 @pytest.mark.parametrize(
