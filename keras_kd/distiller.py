@@ -477,15 +477,20 @@ class Distiller(keras.Model):
             total, hard, distill = self._step_losses(
                 x, y, y_pred, teacher_output, sample_weight
             )
-            if not backend.LEGACY:
-                scaled = self.optimizer.scale_loss(total)
+        self._minimize(total, tape)
+        return self._update_metrics(x, y, y_pred, sample_weight, total, hard, distill)
+
+    def _minimize(self, loss, tape):
+        """One optimizer step on the trainable weights, with loss scaling
+        under mixed precision, in either flavour."""
         variables = self.trainable_variables
         if backend.LEGACY:
-            self.optimizer.minimize(total, variables, tape=tape)
-        else:
-            gradients = tape.gradient(scaled, variables)
-            self.optimizer.apply_gradients(zip(gradients, variables))
-        return self._update_metrics(x, y, y_pred, sample_weight, total, hard, distill)
+            self.optimizer.minimize(loss, variables, tape=tape)
+            return
+        with tape:
+            scaled = self.optimizer.scale_loss(loss)
+        gradients = tape.gradient(scaled, variables)
+        self.optimizer.apply_gradients(zip(gradients, variables))
 
     def _online_train_step(self, x, y, sample_weight):
         """Teacher and student learn together; each is the other's target
@@ -511,14 +516,7 @@ class Distiller(keras.Model):
             if teacher_reg:
                 teacher_loss = teacher_loss + tf.add_n(teacher_reg)
             both = total + teacher_loss
-            if not backend.LEGACY:
-                scaled = self.optimizer.scale_loss(both)
-        variables = self.trainable_variables
-        if backend.LEGACY:
-            self.optimizer.minimize(both, variables, tape=tape)
-        else:
-            gradients = tape.gradient(scaled, variables)
-            self.optimizer.apply_gradients(zip(gradients, variables))
+        self._minimize(both, tape)
         batch = tf.shape(tf.nest.flatten(x)[0])[0]
         self.teacher_loss_tracker.update_state(
             teacher_loss * float(backend.num_replicas()), sample_weight=batch
