@@ -211,6 +211,7 @@ class KLDivergence(_SoftTargetLoss):
             name=name,
         )
 
+    @tf.autograph.experimental.do_not_convert  # plain tensor code, nothing to convert
     def call(self, y_true, y_pred):
         log_p_teacher, log_p_student, temperature = self._log_probs(y_true, y_pred)
         kl = tf.reduce_sum(
@@ -265,6 +266,7 @@ class SoftTargetCrossEntropy(_SoftTargetLoss):
             name=name,
         )
 
+    @tf.autograph.experimental.do_not_convert  # plain tensor code, nothing to convert
     def call(self, y_true, y_pred):
         log_p_teacher, log_p_student, temperature = self._log_probs(y_true, y_pred)
         cross_entropy = -tf.reduce_sum(
