@@ -312,6 +312,7 @@ class Distiller(keras.Model):
         self.student = student
         self.train_teacher = train_teacher
         self.teacher_alpha = teacher_alpha
+        self._teacher_swapped = False
         if teacher is not None and not train_teacher:
             teacher.trainable = False
         self._alpha = tf.Variable(
@@ -431,9 +432,12 @@ class Distiller(keras.Model):
             self.optimizer.build(self.trainable_variables)
 
     def get_config(self):
+        # A teacher swapped in by self-distillation is not part of the saved
+        # state (its weights are not saved), so it is not in the config.
+        teacher = None if self._teacher_swapped else self.teacher
         return {
             "name": self.name,
-            "teacher": None if self.teacher is None else _serialize(self.teacher),
+            "teacher": None if teacher is None else _serialize(teacher),
             "student": _serialize(self.student),
             "train_teacher": self.train_teacher,
             "teacher_alpha": self.teacher_alpha,
@@ -541,6 +545,7 @@ class Distiller(keras.Model):
             _check_output_shapes(teacher, self.student)
             teacher.trainable = False
         object.__setattr__(self, "teacher", teacher)
+        self._teacher_swapped = True
         self._teacher_probs = (
             output_is_probabilities(teacher) if teacher is not None else None
         )

@@ -125,6 +125,19 @@ def test_early_stopping_ends_the_generation_not_the_run(data):
     assert [r["first_epoch"] for r in cb.generation_results] == [0, 2, 4]
 
 
+def test_distiller_saves_after_self_distillation(data, tmp_path):
+    x, y = data
+    d = self_distiller()
+    cb = kd.callbacks.SelfDistillation(generations=2, epochs_per_generation=1, verbose=0)
+    d.fit(x, y, epochs=2, batch_size=16, verbose=0, callbacks=[cb])
+    path = str(tmp_path / "born_again.keras")
+    d.save(path)
+    restored = keras.saving.load_model(path)
+    assert restored.teacher is None  # the swapped-in teacher is not saved state
+    np.testing.assert_allclose(restored.predict(x, verbose=0), d.predict(x, verbose=0),
+                               rtol=1e-6)
+
+
 def test_model_checkpoint_works_across_generations(data, tmp_path):
     x, y = data
     d = self_distiller()
