@@ -29,17 +29,6 @@ import keras_kd as kd  # noqa: E402
 from keras_kd.backend import keras  # noqa: E402
 
 
-def load(dataset, data_dir, max_train):
-    if dataset == "digits":
-        return kd.data.load_digits(seed=0)
-    if dataset != "mnist":
-        raise ValueError(f"--dataset must be 'mnist' or 'digits', got {dataset!r}")
-    train, test, _ = kd.data.load_tfds_image_classification(
-        "mnist", data_dir=data_dir, max_train=max_train
-    )
-    return train, test
-
-
 def make_mlp(input_shape, hidden, name):
     return keras.Sequential([keras.Input(input_shape), keras.layers.Flatten(),
                              keras.layers.Dense(hidden, activation="relu"),
@@ -110,7 +99,9 @@ def main(argv=None) -> dict:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--verbose", type=int, default=0)
     args = p.parse_args(argv)
-    data = load(args.dataset, args.data_dir, args.max_train)
+    train, test, _, _ = kd.data.load_image_classification(
+        args.dataset, data_dir=args.data_dir, max_train=args.max_train)
+    data = (train, test)
     start = time.perf_counter()
     results = {seed: run_seed(seed, data, args) for seed in args.seeds}
     seconds = time.perf_counter() - start

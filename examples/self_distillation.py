@@ -28,18 +28,6 @@ import keras_kd as kd  # noqa: E402
 from keras_kd.backend import keras  # noqa: E402
 
 
-def load(dataset, data_dir, max_train):
-    """`(x_train, y_train), (x_test, y_test)` for "mnist" (tfds) or "digits"."""
-    if dataset == "digits":
-        return kd.data.load_digits(seed=0)
-    if dataset != "mnist":
-        raise ValueError(f"--dataset must be 'mnist' or 'digits', got {dataset!r}")
-    train, test, _ = kd.data.load_tfds_image_classification(
-        "mnist", data_dir=data_dir, max_train=max_train
-    )
-    return train, test
-
-
 def make_model(input_shape, hidden, dropout):
     layers = [keras.Input(input_shape), keras.layers.Flatten(),
               keras.layers.Dense(hidden, activation="relu")]
@@ -93,7 +81,9 @@ def main(argv=None) -> dict:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--verbose", type=int, default=0)
     args = p.parse_args(argv)
-    data = load(args.dataset, args.data_dir, args.max_train)
+    train, test, _, _ = kd.data.load_image_classification(
+        args.dataset, data_dir=args.data_dir, max_train=args.max_train)
+    data = (train, test)
     start = time.perf_counter()
     per_seed = {seed: run_seed(seed, data, args) for seed in args.seeds}
     seconds = time.perf_counter() - start

@@ -53,17 +53,11 @@ def _student_mlp(keras, input_shape, n_classes, hidden):
 def _load(args):
     from keras_kd import data
 
-    if args.dataset == "digits":
-        (x_tr, y_tr), (x_te, y_te) = data.load_digits(seed=args.seed)
-        return x_tr, y_tr, x_te, y_te, 10, "scikit-learn digits (8x8)"
-    (x_tr, y_tr), (x_te, y_te), info = data.load_tfds_image_classification(
-        args.dataset,
-        data_dir=args.data_dir,
-        max_train=args.max_train,
-        max_test=args.max_test,
+    (x_tr, y_tr), (x_te, y_te), n_classes, source = data.load_image_classification(
+        args.dataset, data_dir=args.data_dir, max_train=args.max_train,
+        max_test=args.max_test, seed=args.seed,
     )
-    n_classes = info.features["label"].num_classes
-    return x_tr, y_tr, x_te, y_te, n_classes, f"tfds {args.dataset}"
+    return x_tr, y_tr, x_te, y_te, n_classes, source
 
 
 def run_demo(args) -> dict:

@@ -112,6 +112,35 @@ def load_tfds_image_classification(
     return split(train_split, max_train), split(test_split, max_test), builder.info
 
 
+def load_image_classification(
+    name: str = "digits",
+    data_dir: str | None = None,
+    max_train: int | None = None,
+    max_test: int | None = None,
+    seed: int = 0,
+):
+    """The bundled digits (`name="digits"`) or any tfds image set, as arrays.
+
+    Args:
+        name: `"digits"` (scikit-learn's, offline) or a tfds name such as
+            `"mnist"`.
+        data_dir: tfds data dir (ignored for digits).
+        max_train: keep at most this many training images (tfds only).
+        max_test: keep at most this many test images (tfds only).
+        seed: seed of the digits' train / test split.
+
+    Returns:
+        `((x_train, y_train), (x_test, y_test), num_classes, description)`.
+    """
+    if name == "digits":
+        train, test = load_digits(seed=seed)
+        return train, test, 10, "scikit-learn digits (8x8)"
+    train, test, info = load_tfds_image_classification(
+        name, data_dir=data_dir, max_train=max_train, max_test=max_test
+    )
+    return train, test, info.features["label"].num_classes, f"tfds {name}"
+
+
 def to_dataset(x, y=None, batch_size: int = 32, shuffle: bool = False, seed: int = 0):
     """A batched, prefetched `tf.data.Dataset` from numpy arrays."""
     ds = tf.data.Dataset.from_tensor_slices(x if y is None else (x, y))
@@ -120,4 +149,9 @@ def to_dataset(x, y=None, batch_size: int = 32, shuffle: bool = False, seed: int
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
-__all__ = ["load_digits", "load_tfds_image_classification", "to_dataset"]
+__all__ = [
+    "load_digits",
+    "load_image_classification",
+    "load_tfds_image_classification",
+    "to_dataset",
+]

@@ -44,3 +44,9 @@ def test_tfds_loader_reads_a_tfds_image_classification_set(tmp_path):
     assert x_tr.shape == (10, 28, 28, 1) and x_tr.dtype == np.float32
     assert x_tr.max() <= 1.0 and len(x_te) == 12
     assert info.features["label"].num_classes == 10
+
+
+def test_load_image_classification_gives_digits_offline():
+    (x_tr, y_tr), (x_te, y_te), n_classes, source = data.load_image_classification("digits", seed=2)
+    np.testing.assert_array_equal(y_te, data.load_digits(seed=2)[1][1])
+    assert n_classes == 10 and "digits" in source and len(x_tr) + len(x_te) == 1797
