@@ -359,7 +359,7 @@ class SelfDistillation(keras.callbacks.Callback):
 
     def _start_generation(self, generation, fresh):
         distiller = self._distiller()
-        distiller._replace_teacher(self._teacher_for(generation))
+        distiller.replace_teacher(self._teacher_for(generation))
         if fresh:
             if self.seed is not None:
                 keras.utils.set_random_seed(self.seed + generation)
@@ -617,7 +617,7 @@ class TemperatureSchedule(_VariableSchedule):
                 "Distiller's distillation loss must be a keras_kd loss "
                 "(e.g. KLDivergence), or pass `loss=`."
             )
-        created = any(l._temperature_variable is None for l in losses)
+        created = any(not l.temperature_is_variable for l in losses)
         return [l.temperature_variable() for l in losses], created
 
     def _check(self, value):

@@ -527,13 +527,31 @@ class Distiller(keras.Model):
         )
         return self._update_metrics(x, y, y_pred, sample_weight, total, hard, distill)
 
-    def _replace_teacher(self, teacher):
-        """Swaps in a new frozen teacher (self-distillation generations).
+    def replace_teacher(self, teacher):
+        """Swaps in a new frozen teacher, e.g. between generations.
+
+        `keras_kd.callbacks.SelfDistillation` calls it at the start of each
+        generation; call it yourself to continue training a student from
+        another teacher without rebuilding the Distiller (optimizer state,
+        metrics and compiled settings are kept).
 
         The new teacher is not tracked as part of the Distiller's state, so
         the Distiller's weights (and checkpoints of them, such as those of
         `BackupAndRestore`) keep the same structure from one generation to
-        the next. Compiled train/test functions are rebuilt.
+        the next, and it is not part of the Distiller's saved config.
+        Compiled train/test functions are rebuilt.
+
+        Args:
+            teacher: a `keras.Model` whose outputs have the student's shapes
+                (it is frozen), or None to train on hard labels alone.
+
+        Example:
+
+        ```python
+        distiller.fit(x, y, epochs=5)
+        distiller.replace_teacher(better_teacher)
+        distiller.fit(x, y, epochs=5)
+        ```
         """
         _check_model(teacher, "teacher", allow_none=True)
         if teacher is self.student:

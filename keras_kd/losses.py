@@ -15,12 +15,8 @@ from __future__ import annotations
 
 import numbers
 
+from keras_kd import _utils
 from keras_kd.backend import keras, register_serializable, tf
-
-# Probabilities are clipped to this before their logarithm is taken, so that a
-# teacher that says exactly 0 gives a finite log-probability.
-_PROB_EPSILON = 1e-7
-
 
 def validate_temperature(temperature, argument: str = "temperature") -> float:
     """Returns `temperature` as a float, or raises if it is not positive.
@@ -48,15 +44,6 @@ def validate_temperature(temperature, argument: str = "temperature") -> float:
     return float(temperature)
 
 
-def _check_bool(value, argument: str) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(
-            f"Argument `{argument}` must be True or False. "
-            f"Received: {argument}={value!r}."
-        )
-    return value
-
-
 def softened_log_probs(values, temperature, from_logits: bool = True):
     """Log-probabilities of `softmax(logits / temperature)`, in float32.
 
@@ -74,7 +61,7 @@ def softened_log_probs(values, temperature, from_logits: bool = True):
     """
     values = tf.cast(values, tf.float32)
     if not from_logits:
-        values = tf.math.log(tf.clip_by_value(values, _PROB_EPSILON, 1.0))
+        values = _utils.log_probs(values)
     temperature = tf.cast(temperature, tf.float32)
     return tf.nn.log_softmax(values / temperature, axis=-1)
 
@@ -93,10 +80,10 @@ class _SoftTargetLoss(keras.losses.Loss):
         super().__init__(name=name, reduction=reduction)
         self._temperature = validate_temperature(temperature)
         self._temperature_variable = None
-        self.teacher_from_logits = _check_bool(
+        self.teacher_from_logits = _utils.check_bool(
             teacher_from_logits, "teacher_from_logits"
         )
-        self.student_from_logits = _check_bool(
+        self.student_from_logits = _utils.check_bool(
             student_from_logits, "student_from_logits"
         )
 
@@ -113,6 +100,11 @@ class _SoftTargetLoss(keras.losses.Loss):
         self._temperature = value
         if self._temperature_variable is not None:
             self._temperature_variable.assign(value)
+
+    @property
+    def temperature_is_variable(self) -> bool:
+        """Whether the temperature lives in a variable (see below)."""
+        return self._temperature_variable is not None
 
     def temperature_variable(self):
         """The temperature as a `tf.Variable`, created on first call.
