@@ -123,7 +123,8 @@ def model_kind() -> str:
 
 def _other_flavour_hint(model) -> str:
     other = any(
-        cls.__name__ == "Model" and cls.__module__.split(".")[0] in ("keras", "tf_keras")
+        cls.__name__ == "Model"
+        and cls.__module__.split(".")[0] in ("keras", "tf_keras")
         for cls in type(model).__mro__
     )
     if not other:
@@ -185,7 +186,9 @@ def write_atomically(path, content: bytes | Callable[[str], object]) -> None:
     os.makedirs(directory, exist_ok=True)
     base = os.path.basename(path)
     # Keep the final suffix: Keras chooses the format of `save_weights` by it.
-    fd, temporary = tempfile.mkstemp(prefix=f".{base}.", suffix=f".tmp-{base}", dir=directory)
+    fd, temporary = tempfile.mkstemp(
+        prefix=f".{base}.", suffix=f".tmp-{base}", dir=directory
+    )
     try:
         if callable(content):
             os.close(fd)

@@ -23,7 +23,9 @@ def member_log_probs(outputs, output_probabilities):
         A list of float32 log-probability tensors.
     """
     return [
-        _utils.log_probs(out) if probs else tf.nn.log_softmax(tf.cast(out, tf.float32), -1)
+        _utils.log_probs(out)
+        if probs
+        else tf.nn.log_softmax(tf.cast(out, tf.float32), -1)
         for out, probs in zip(outputs, output_probabilities)
     ]
 
@@ -82,7 +84,8 @@ class Ensemble(keras.Model):
             _utils.check_model(member, f"members[{i}]")
         if weights is not None:
             weights = [
-                _utils.check_number(w, f"weights[{i}]", low=0.0) for i, w in enumerate(weights)
+                _utils.check_number(w, f"weights[{i}]", low=0.0)
+                for i, w in enumerate(weights)
             ]
             if len(weights) != len(members) or sum(weights) <= 0:
                 raise ValueError(
@@ -97,4 +100,6 @@ class Ensemble(keras.Model):
 
     def call(self, inputs, training=False):
         outputs = [member(inputs, training=False) for member in self.members]
-        return log_mean_probs(member_log_probs(outputs, self._probabilities), self.member_weights)
+        return log_mean_probs(
+            member_log_probs(outputs, self._probabilities), self.member_weights
+        )
