@@ -90,7 +90,8 @@ class Ensemble(keras.Model):
             if len(weights) != len(members) or sum(weights) <= 0:
                 raise ValueError(
                     "Argument `weights` must hold one non-negative weight per "
-                    f"member ({len(members)}), not all zero. Received: weights={weights}."
+                    f"member ({len(members)}), not all zero. "
+                    f"Received: weights={weights}."
                 )
         self.members = members
         self.member_weights = weights

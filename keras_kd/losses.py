@@ -18,6 +18,7 @@ import numbers
 from keras_kd import _utils
 from keras_kd.backend import keras, register_serializable, tf
 
+
 def validate_temperature(temperature, argument: str = "temperature") -> float:
     """Returns `temperature` as a float, or raises if it is not positive.
 
