@@ -55,3 +55,29 @@ def np_kl(teacher_logits, student_logits, temperature):
     ls = np_log_softmax(np.asarray(student_logits) / temperature)
     per = (np.exp(lt) * (lt - ls)).sum(-1) * temperature**2
     return per.mean()
+
+
+def hard_loss():
+    """The hard-label loss the tests use: sparse CE on logits."""
+    return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+def twins(hidden, name, **kwargs):
+    """Two MLPs with the same architecture and the same initial weights."""
+    a = make_mlp(hidden, name=name + "_a", **kwargs)
+    b = keras.models.clone_model(a)
+    b.set_weights(a.get_weights())
+    return a, b
+
+
+def trained_teacher(x, y, hidden=32, activation=None, epochs=3):
+    """A small MLP teacher fitted on `(x, y)`."""
+    teacher = make_mlp(hidden, activation=activation, name="teacher")
+    teacher.compile(
+        optimizer="adam",
+        loss=keras.losses.SparseCategoricalCrossentropy(
+            from_logits=activation is None
+        ),
+    )
+    teacher.fit(x, y, epochs=epochs, batch_size=16, verbose=0)
+    return teacher
