@@ -45,12 +45,19 @@ from __future__ import annotations
 
 import gzip
 import importlib.util
-import numbers
 import os
 
 import numpy as np
 
 from keras_kd import backend
+from keras_kd._utils import (
+    check_int,
+    check_model,
+    check_number,
+    is_graph_model,
+    unwrap_layer,
+    walk_layers,
+)
 from keras_kd.backend import keras
 
 _GZIP_CHUNK = 1 << 20
@@ -85,17 +92,8 @@ def _tfmot(function: str):
 
 
 def _check_graph_model(model, argument: str, function: str) -> None:
-    if not isinstance(model, keras.Model):
-        raise TypeError(
-            f"Argument `{argument}` must be a tf_keras model (`keras.Model` "
-            "from `keras_kd.backend`). Received: "
-            f"{argument}={model!r} of type "
-            f"{type(model).__module__}.{type(model).__name__}."
-        )
-    graph = isinstance(model, keras.Sequential) or getattr(
-        model, "_is_graph_network", False
-    )
-    if not graph:
+    check_model(model, argument)
+    if not is_graph_model(model):
         raise ValueError(
             f"`keras_kd.optimize.{function}` needs a Sequential or Functional "
             "model: tensorflow-model-optimization rewrites the model's graph "
@@ -117,8 +115,14 @@ def _layer_selector(model, layers, argument: str = "layers"):
         return None
     if isinstance(layers, (str, type)):
         layers = [layers]
-    if not isinstance(layers, (list, tuple, set)) or not layers:
+    if not isinstance(layers, (list, tuple, set)):
         raise TypeError(
+            f"Argument `{argument}` must be None or a non-empty list of layer "
+            "names and / or layer classes (e.g. [keras.layers.Dense]). "
+            f"Received: {argument}={layers!r} of type {type(layers).__name__}."
+        )
+    if not layers:
+        raise ValueError(
             f"Argument `{argument}` must be None or a non-empty list of layer "
             "names and / or layer classes (e.g. [keras.layers.Dense]). "
             f"Received: {argument}={layers!r}."
@@ -150,7 +154,7 @@ def _layer_selector(model, layers, argument: str = "layers"):
         raise ValueError(
             f"Argument `{argument}` selects no layer of model {model.name!r}. "
             f"Received: {argument}={layers!r}; its layers are "
-            f"{[f'{l.name} ({type(l).__name__})' for l in model.layers]}."
+            f"{[f'{layer.name} ({type(layer).__name__})' for layer in model.layers]}."
         )
     return selected
 
@@ -228,39 +232,6 @@ def quantization_aware(model, layers=None):
 # ----------------------------------------------------------------------
 
 
-def _check_number(value, argument, low, high, low_open=False, high_open=False):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(
-            f"Argument `{argument}` must be a number. Received: "
-            f"{argument}={value!r} of type {type(value).__name__}."
-        )
-    too_low = value <= low if low_open else value < low
-    too_high = value >= high if high_open else value > high
-    if too_low or too_high:
-        interval = (
-            f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
-        )
-        raise ValueError(
-            f"Argument `{argument}` must be in {interval}. Received: "
-            f"{argument}={value}."
-        )
-    return float(value)
-
-
-def _check_step(value, argument, minimum):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(
-            f"Argument `{argument}` must be an integer (a training step). "
-            f"Received: {argument}={value!r} of type {type(value).__name__}."
-        )
-    if value < minimum:
-        raise ValueError(
-            f"Argument `{argument}` must be at least {minimum}. Received: "
-            f"{argument}={value}."
-        )
-    return int(value)
-
-
 def _default_frequency(span: int) -> int:
     """The largest divisor of `span` up to a tenth of it (and 100)."""
     cap = max(1, min(100, span // 10))
@@ -322,11 +293,21 @@ def prune(
     """
     tfmot = _tfmot("prune")
     _check_graph_model(model, "model", "prune")
-    target_sparsity = _check_number(
-        target_sparsity, "target_sparsity", 0.0, 1.0, high_open=True
+    target_sparsity = check_number(
+        target_sparsity,
+        "target_sparsity",
+        0.0,
+        1.0,
+        high_open=True,
+        what="the share of zeros to reach",
     )
-    initial_sparsity = _check_number(
-        initial_sparsity, "initial_sparsity", 0.0, 1.0, high_open=True
+    initial_sparsity = check_number(
+        initial_sparsity,
+        "initial_sparsity",
+        0.0,
+        1.0,
+        high_open=True,
+        what="the share of zeros at `begin_step`",
     )
     if initial_sparsity > target_sparsity:
         raise ValueError(
@@ -334,12 +315,12 @@ def prune(
             f"Received: initial_sparsity={initial_sparsity}, "
             f"target_sparsity={target_sparsity}."
         )
-    begin_step = _check_step(begin_step, "begin_step", 0)
-    end_step = _check_step(end_step, "end_step", begin_step + 1)
+    begin_step = check_int(begin_step, "begin_step", 0, "a training step")
+    end_step = check_int(end_step, "end_step", begin_step + 1, "a training step")
     span = end_step - begin_step
     if frequency is None:
         frequency = _default_frequency(span)
-    frequency = _check_step(frequency, "frequency", 1)
+    frequency = check_int(frequency, "frequency", 1, "training steps")
     if span % frequency:
         raise ValueError(
             "Argument `frequency` must divide `end_step - begin_step`, or the "
@@ -378,14 +359,11 @@ def prune(
 
 
 def _pruning_wrappers(model):
-    found = []
-    stack = list(getattr(model, "layers", []) or [])
-    while stack:
-        layer = stack.pop()
-        if type(layer).__name__ == "PruneLowMagnitude":
-            found.append(layer)
-        stack.extend(getattr(layer, "layers", []) or [])
-    return found
+    return [
+        layer
+        for layer in walk_layers(model)
+        if type(layer).__name__ == "PruneLowMagnitude"
+    ]
 
 
 def _start_pruning_steps(model) -> None:
@@ -412,10 +390,15 @@ def pruning_callbacks(log_dir: str | None = None) -> list:
     tfmot = _tfmot("pruning_callbacks")
     callbacks = [tfmot.sparsity.keras.UpdatePruningStep()]
     if log_dir is not None:
-        if not isinstance(log_dir, (str, os.PathLike)) or not os.fspath(log_dir):
+        if not isinstance(log_dir, (str, os.PathLike)):
             raise TypeError(
                 "Argument `log_dir` must be a directory path or None. "
                 f"Received: log_dir={log_dir!r} of type {type(log_dir).__name__}."
+            )
+        if not os.fspath(log_dir):
+            raise ValueError(
+                "Argument `log_dir` must be a directory path or None. "
+                "Received: log_dir=''."
             )
         if importlib.util.find_spec("tensorboard") is None:
             raise ImportError(
@@ -444,11 +427,7 @@ def strip(model):
     Returns:
         A `keras.Model` with the same layers and sparse weights.
     """
-    if not isinstance(model, keras.Model):
-        raise TypeError(
-            "Argument `model` must be a `keras.Model`. Received: "
-            f"model={model!r} of type {type(model).__name__}."
-        )
+    check_model(model, "model")
     wrappers = _pruning_wrappers(model)
     if not wrappers:
         return model
@@ -467,19 +446,15 @@ _KERNEL_NAMES = ("kernel", "depthwise_kernel")
 
 
 def _kernels(model):
-    """`(layer name, kernel variable)` of each Dense / Conv-like layer."""
+    """`(layer name, kernel variable)` of each Dense / Conv-like layer.
+
+    Wrappers (tfmot's) and nested models are looked through: the kernel is
+    counted once, under the name of the layer that owns it.
+    """
     found, seen = [], set()
-    stack = [model]
-    while stack:
-        layer = stack.pop(0)
-        inner = getattr(layer, "layer", None)
-        if isinstance(inner, keras.layers.Layer):  # a wrapper
-            stack.insert(0, inner)
-            continue
-        sublayers = getattr(layer, "layers", None)
-        if sublayers:
-            stack[:0] = list(sublayers)
-            continue
+    for layer in walk_layers(model):
+        if unwrap_layer(layer) is not layer or getattr(layer, "layers", None):
+            continue  # a wrapper or a nested model: its layers come next
         for weight in layer.weights:
             short = weight.name.split("/")[-1].split(":")[0]
             if short in _KERNEL_NAMES and id(weight) not in seen:
@@ -502,11 +477,7 @@ def sparsity(model, per_layer: bool = False):
     Returns:
         A float in [0, 1], or a dict of them.
     """
-    if not isinstance(model, keras.Model):
-        raise TypeError(
-            "Argument `model` must be a `keras.Model`. Received: "
-            f"model={model!r} of type {type(model).__name__}."
-        )
+    check_model(model, "model")
     kernels = _kernels(model)
     if not kernels:
         raise ValueError(
@@ -560,9 +531,10 @@ def gzipped_size(path) -> int:
             f"Argument `path` must be an existing file. Received: path={path!r}."
         )
     counter = _Counter()
-    with open(path, "rb") as source, gzip.GzipFile(
-        fileobj=counter, mode="wb", compresslevel=9, mtime=0
-    ) as target:
+    with (
+        open(path, "rb") as source,
+        gzip.GzipFile(fileobj=counter, mode="wb", compresslevel=9, mtime=0) as target,
+    ):
         while True:
             chunk = source.read(_GZIP_CHUNK)
             if not chunk:

@@ -1,17 +1,17 @@
-"""Tests for keras_kd/export.py: conversion, quantization, verification."""
+"""Tests for keras_kd/export/: conversion, quantization, verification."""
 
+import json
 import os
 import sys
 
 import numpy as np
 import pytest
 
-from keras_kd import backend
-from keras_kd import export
+from conftest import keras3_only, legacy_only, make_mlp
+from keras_kd import backend, export
 from keras_kd.backend import keras, tf
 from keras_kd.data import load_digits
-
-from conftest import keras3_only, legacy_only, make_mlp
+from keras_kd.export import _convert
 
 MODES = [None, "float16", "dynamic", "int8", "int8_io"]
 
@@ -99,9 +99,13 @@ def test_every_quantization_mode_converts_and_runs(
     (x_train, _), (x_test, _) = digits
     path = tmp_path / "model.tflite"
     report = export.to_tflite(
-        trained, path, quantization,
-        representative_data=x_train, verify_data=x_test[:200],
-        num_calibration_samples=100, latency_runs=5,
+        trained,
+        path,
+        quantization,
+        representative_data=x_train,
+        verify_data=x_test[:200],
+        num_calibration_samples=100,
+        latency_runs=5,
     )
     assert path.is_file() and report.size_bytes == path.stat().st_size
     assert report.quantization == (quantization or "float32")
@@ -125,15 +129,16 @@ def test_quantized_files_are_smaller(trained, digits, tmp_path):
     sizes = {}
     for quantization in MODES:
         sizes[quantization] = export.to_tflite(
-            trained, tmp_path / f"{quantization}.tflite", quantization,
-            representative_data=x_train, num_calibration_samples=50,
+            trained,
+            tmp_path / f"{quantization}.tflite",
+            quantization,
+            representative_data=x_train,
+            num_calibration_samples=50,
             verify=False,
         ).size_bytes
     # Reference: each kernel weight takes 4 bytes in float32, 2 in float16
     # and 1 in int8 (biases stay 32-bit, int8 adds per-channel scales).
-    kernels = sum(
-        int(np.prod(w.shape)) for w in trained.weights if "kernel" in w.name
-    )
+    kernels = sum(int(np.prod(w.shape)) for w in trained.weights if "kernel" in w.name)
     assert sizes[None] - sizes["float16"] >= 0.95 * 2 * kernels
     for quantization in ("dynamic", "int8", "int8_io"):
         assert sizes[None] - sizes[quantization] >= 0.85 * 3 * kernels
@@ -146,11 +151,9 @@ def test_float32_export_matches_keras_to_1e_5(kind, data, tmp_path):
     path = tmp_path / "model.tflite"
     report = export.to_tflite(model, path, verify_data=x)
     assert report.max_abs_diff <= 1e-5
+    assert report.max_rel_diff <= 1e-5  # float32 rounding, whatever the scale
     assert report.top1_agreement == 1.0
     expected = model.predict(x, verbose=0)
-    assert report.max_rel_diff == pytest.approx(
-        report.max_abs_diff / np.abs(expected).max()
-    )
     np.testing.assert_allclose(_litert_outputs(path, x)[0], expected, atol=1e-5, rtol=0)
     np.testing.assert_allclose(
         export.predict_tflite(path, x), expected, atol=1e-5, rtol=0
@@ -161,15 +164,27 @@ def test_int8_agrees_with_keras_on_99_percent(trained, digits, tmp_path):
     (x_train, _), (x_test, y_test) = digits
     path = tmp_path / "int8.tflite"
     report = export.to_tflite(
-        trained, path, "int8", representative_data=x_train,
-        verify_data=(x_test, y_test), num_verify_samples=len(x_test),
+        trained,
+        path,
+        "int8",
+        representative_data=x_train,
+        verify_data=(x_test, y_test),
+        num_verify_samples=len(x_test),
     )
     assert report.num_verify_samples == len(x_test)
     assert report.top1_agreement >= 0.99
-    # independent check of the agreement
-    keras_top1 = trained.predict(x_test, verbose=0).argmax(-1)
-    file_top1 = _litert_outputs(path, x_test)[0].argmax(-1)
+    # Independent reference: the file run with LiteRT's own API, the model
+    # with `predict`, compared with numpy.
+    keras_y = trained.predict(x_test, verbose=0)
+    file_y = _litert_outputs(path, x_test)[0]
+    keras_top1, file_top1 = keras_y.argmax(-1), file_y.argmax(-1)
     assert report.top1_agreement == pytest.approx(np.mean(keras_top1 == file_top1))
+    max_abs = float(np.max(np.abs(file_y - keras_y)))
+    assert max_abs > 1e-3  # int8 rounding: a difference that can be measured
+    assert report.max_abs_diff == pytest.approx(max_abs, rel=1e-4)
+    assert report.max_rel_diff == pytest.approx(
+        max_abs / float(np.max(np.abs(keras_y))), rel=1e-4
+    )
     accuracy = export.evaluate_tflite(path, (x_test, y_test))
     assert accuracy == pytest.approx(np.mean(file_top1 == y_test))
     assert abs(accuracy - np.mean(keras_top1 == y_test)) <= 0.01
@@ -212,29 +227,54 @@ def no_conversion(monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("the converter ran before the arguments were checked")
 
-    monkeypatch.setattr(export, "_make_converter", fail)
+    monkeypatch.setattr(_convert, "make_converter", fail)
 
 
 @pytest.mark.parametrize(
     "kwargs, error, message",
     [
-        ({"quantization": "int4"}, ValueError,
-         r"`quantization`.*Received: quantization='int4'.*'int8_io'"),
+        (
+            {"quantization": "int4"},
+            ValueError,
+            r"`quantization`.*Received: quantization='int4'.*'int8_io'",
+        ),
         ({"quantization": 8}, TypeError, r"`quantization`.*Received: quantization=8"),
-        ({"num_calibration_samples": 0}, ValueError,
-         r"`num_calibration_samples`.*Received: num_calibration_samples=0"),
-        ({"num_verify_samples": 2.5}, TypeError,
-         r"`num_verify_samples` must be an integer"),
-        ({"select_tf_ops": "yes"}, TypeError,
-         r"`select_tf_ops`.*Received: select_tf_ops='yes'"),
+        (
+            {"num_calibration_samples": 0},
+            ValueError,
+            r"`num_calibration_samples`.*Received: num_calibration_samples=0",
+        ),
+        (
+            {"num_verify_samples": 2.5},
+            TypeError,
+            r"`num_verify_samples` must be an integer",
+        ),
+        (
+            {"select_tf_ops": "yes"},
+            TypeError,
+            r"`select_tf_ops`.*Received: select_tf_ops='yes'",
+        ),
         ({"metadata": ["labels"]}, TypeError, r"`metadata` must be a dict"),
         ({"metadata": {"labels": 3}}, TypeError, r"metadata\['labels'\]=3"),
         ({"metadata": {"min_runtime_version": "1"}}, ValueError, r"reserves"),
-        ({"representative_data": "x.npy"}, TypeError,
-         r"`representative_data`.*Received: representative_data of type builtins.str"),
-        ({"converter_options": {"optimizations": []}}, ValueError,
-         r"`converter_options`"),
+        (
+            {"representative_data": "x.npy"},
+            TypeError,
+            r"`representative_data`.*Received: representative_data of type "
+            r"builtins.str",
+        ),
+        (
+            {"converter_options": {"optimizations": []}},
+            ValueError,
+            r"`converter_options`",
+        ),
         ({"num_threads": 0}, ValueError, r"`num_threads`.*at least 1"),
+        # A wrong type is a TypeError, a wrong value a ValueError.
+        ({"num_threads": True}, TypeError, r"`num_threads` must be an integer"),
+        ({"latency_runs": -1}, ValueError, r"`latency_runs`.*at least 0"),
+        ({"verify": 1}, TypeError, r"`verify` must be True or False"),
+        ({"metadata": {"": "x"}}, ValueError, r"non-empty string keys"),
+        ({"metadata": {3: "x"}}, TypeError, r"non-empty string keys"),
     ],
 )
 def test_bad_arguments_raise_before_conversion(
@@ -278,7 +318,7 @@ class _FailingConverter:
 
 
 def test_failed_conversion_leaves_no_file_and_no_temporary(tmp_path, monkeypatch):
-    monkeypatch.setattr(export, "_make_converter", _FailingConverter)
+    monkeypatch.setattr(_convert, "make_converter", _FailingConverter)
     path = tmp_path / "model.tflite"
     message = r"(?s)nothing was written.*simulated converter crash"
     with pytest.raises(RuntimeError, match=message):
@@ -337,6 +377,7 @@ def test_representative_data_takes_what_fit_takes(kind, tmp_path):
     elif kind == "unbatched":
         source = tf.data.Dataset.from_tensor_slices(x)
     elif kind == "generator":
+
         def batches():
             for start in range(0, len(x), 8):
                 drawn.append(start)
@@ -371,8 +412,13 @@ def test_representative_data_takes_what_fit_takes(kind, tmp_path):
     hidden = keras.layers.Dense(4, activation="relu")(keras.layers.Flatten()(inputs))
     model = keras.Model(inputs, keras.layers.Dense(10)(hidden))
     report = export.to_tflite(
-        model, tmp_path / "m.tflite", "int8", representative_data=source,
-        num_calibration_samples=20, num_verify_samples=20, latency_runs=0,
+        model,
+        tmp_path / "m.tflite",
+        "int8",
+        representative_data=source,
+        num_calibration_samples=20,
+        num_verify_samples=20,
+        latency_runs=0,
     )
     assert report.num_verify_samples == 20
     assert report.max_abs_diff < 0.5
@@ -396,7 +442,9 @@ def test_tfds_dataset_without_as_supervised_is_explained(tmp_path):
 def test_metadata_is_stored_in_the_file(tmp_path):
     path = tmp_path / "m.tflite"
     export.to_tflite(
-        make_mlp(4), path, metadata={"labels": "a\nb\nc", "blob": b"\x00\x01"},
+        make_mlp(4),
+        path,
+        metadata={"labels": "a\nb\nc", "blob": b"\x00\x01"},
         verify=False,
     )
     entries = export.read_metadata(path)
@@ -417,9 +465,39 @@ def test_falls_back_to_tf_lite_interpreter_with_a_note(tmp_path, data, monkeypat
 def test_no_data_still_runs_the_file_and_says_so(tmp_path):
     report = export.to_tflite(make_mlp(4), tmp_path / "m.tflite")
     assert report.max_abs_diff is None and report.latency_ms > 0
+    assert report.num_verify_samples == 0 and report.top1_agreement is None
     assert any("No verify_data" in note for note in report.notes)
-    assert "float32" in str(report)
-    assert report.to_dict()["size_bytes"] == report.size_bytes
+
+
+def test_report_holds_what_is_measured_independently(tmp_path, data):
+    x, _ = data
+    model = make_mlp(4)
+    path = tmp_path / "m.tflite"
+    values = export.to_tflite(model, path, verify_data=x, latency_runs=3).to_dict()
+    # The file on disk, measured by the operating system.
+    assert values["path"] == str(path)
+    assert values["size_bytes"] == os.path.getsize(path)
+    # The parameters, counted from the weights.
+    assert values["num_params"] == sum(w.size for w in model.get_weights())
+    # The file's tensors, as LiteRT's own API reads them.
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(path))
+    assert values["input_dtypes"] == [
+        np.dtype(d["dtype"]).name for d in interpreter.get_input_details()
+    ]
+    assert values["output_dtypes"] == ["float32"]
+    # The comparison, recomputed from an interpreter run of our own.
+    expected = model.predict(x, verbose=0)
+    assert values["num_verify_samples"] == len(x)
+    assert values["max_abs_diff"] <= 1e-5
+    assert np.max(np.abs(_litert_outputs(path, x)[0] - expected)) <= 1e-5
+    assert values["top1_agreement"] == 1.0
+    assert values["quantization"] == "float32" and values["latency_ms"] > 0
+    # Plain values: the dict survives JSON unchanged, and is a copy.
+    assert json.loads(json.dumps(values)) == values
+    text = str(export.ExportReport(**values))
+    assert f"{os.path.getsize(path):,} bytes" in text and "float32" in text
 
 
 def test_multi_input_model_exports(tmp_path):
@@ -433,7 +511,8 @@ def test_multi_input_model_exports(tmp_path):
     assert report.max_abs_diff <= 1e-5
     np.testing.assert_allclose(
         export.predict_tflite(tmp_path / "m.tflite", [xa, xb]),
-        model.predict([xa, xb], verbose=0), atol=1e-5,
+        model.predict([xa, xb], verbose=0),
+        atol=1e-5,
     )
 
 
@@ -450,7 +529,8 @@ def test_mixed_precision_model_exports_float32_outputs(tmp_path, data):
 
 def test_evaluate_tflite_needs_labels_and_a_file(tmp_path, data):
     path = tmp_path / "m.tflite"
-    export.to_tflite(make_mlp(4), path, verify=False)
+    report = export.to_tflite(make_mlp(4), path, verify=np.bool_(False))
+    assert report.interpreter is None and report.latency_ms is None  # not run
     with pytest.raises(ValueError, match="must hold labels"):
         export.evaluate_tflite(path, data[0])
     with pytest.raises(ValueError, match=r"`path` must be an existing .tflite file"):
@@ -463,7 +543,8 @@ def test_subclassed_keras3_model_needs_a_signature_or_data(tmp_path, data):
     with pytest.raises(ValueError, match="input_signature"):
         export.to_tflite(model, tmp_path / "m.tflite")
     report = export.to_tflite(
-        model, tmp_path / "m.tflite",
+        model,
+        tmp_path / "m.tflite",
         input_signature=tf.TensorSpec((None, 8), tf.float32),
     )
     assert report.size_bytes > 0

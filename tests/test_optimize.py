@@ -11,15 +11,13 @@ import sys
 import numpy as np
 import pytest
 
-from keras_kd import backend
-from keras_kd import export
-from keras_kd import optimize
+from conftest import keras3_only, legacy_only, make_mlp
+from keras_kd import backend, export, optimize
+from keras_kd._utils import output_is_probabilities
 from keras_kd.backend import keras
 from keras_kd.data import load_digits
-from keras_kd.distiller import Distiller, output_is_probabilities
+from keras_kd.distiller import Distiller
 from keras_kd.losses import KLDivergence
-
-from conftest import keras3_only, legacy_only, make_mlp
 
 BATCH = 64
 
@@ -79,7 +77,11 @@ def _distill(teacher, student, digits, epochs, **fit_kwargs):
         alpha=0.7,
     )
     return distiller.fit(
-        x_train, y_train, batch_size=BATCH, epochs=epochs, verbose=0,
+        x_train,
+        y_train,
+        batch_size=BATCH,
+        epochs=epochs,
+        verbose=0,
         **fit_kwargs,
     )
 
@@ -96,7 +98,7 @@ def _zero_share(array):
 
 def test_sparsity_counts_zero_kernel_weights():
     model = make_mlp(10)  # kernels 8x10 and 10x3, biases left out
-    first, second = (l for l in model.layers if l.weights)
+    first, second = (layer for layer in model.layers if layer.weights)
     k1 = np.ones((8, 10), "float32")
     k1[:, :4] = 0.0  # 32 zeros of 80
     k2 = np.ones((10, 3), "float32")
@@ -105,7 +107,8 @@ def test_sparsity_counts_zero_kernel_weights():
     second.set_weights([k2, np.zeros(3, "float32")])
     assert optimize.sparsity(model) == pytest.approx(35 / 110)
     assert optimize.sparsity(model, per_layer=True) == {
-        first.name: pytest.approx(0.4), second.name: pytest.approx(0.1)
+        first.name: pytest.approx(0.4),
+        second.name: pytest.approx(0.1),
     }
 
 
@@ -113,8 +116,32 @@ def test_sparsity_needs_kernels():
     model = keras.Sequential([keras.Input((4,)), keras.layers.Activation("relu")])
     with pytest.raises(ValueError, match="no Dense or convolution kernels"):
         optimize.sparsity(model)
-    with pytest.raises(TypeError, match="`model` must be a `keras.Model`"):
+    with pytest.raises(TypeError, match=r"`model` must be .*`keras.Model`"):
         optimize.sparsity("model")
+
+
+def test_sparsity_looks_through_nested_models():
+    inner = make_mlp(6, n_in=4, n_out=5)  # kernels 4x6 and 6x5
+    inputs = keras.Input((4,))
+    head = keras.layers.Dense(2)  # kernel 5x2
+    model = keras.Model(inputs, head(inner(inputs)))
+    kernels = [
+        np.asarray(w) for w in model.weights if w.shape.rank == 2
+    ]  # the three kernels, found by shape
+    assert sorted(k.size for k in kernels) == [10, 24, 30]
+    dense_layers = [layer for layer in inner.layers if layer.weights] + [head]
+    for layer, zeros in zip(dense_layers, (5, 12, 3)):
+        kernel, bias = layer.get_weights()
+        flat = np.ones(kernel.size, "float32")
+        flat[:zeros] = 0.0
+        layer.set_weights([flat.reshape(kernel.shape), bias])
+    assert optimize.sparsity(model) == pytest.approx((5 + 12 + 3) / (24 + 30 + 10))
+    per_layer = optimize.sparsity(model, per_layer=True)
+    assert per_layer == {
+        dense_layers[0].name: pytest.approx(5 / 24),
+        dense_layers[1].name: pytest.approx(12 / 30),
+        head.name: pytest.approx(3 / 10),
+    }
 
 
 def test_gzipped_size_matches_gzip(tmp_path):
@@ -191,7 +218,10 @@ def test_quantization_aware_distillation_exports_an_int8_file(
 
     path = tmp_path / "qat.tflite"
     report = export.to_tflite(  # no calibration data: QAT carries its ranges
-        student_q, path, "int8", verify_data=(x_test, y_test),
+        student_q,
+        path,
+        "int8",
+        verify_data=(x_test, y_test),
         num_verify_samples=len(x_test),
     )
     assert report.top1_agreement >= 0.98
@@ -204,9 +234,7 @@ def test_quantization_aware_distillation_exports_an_int8_file(
     float_tensors = [t for t in tensors if t["dtype"] == np.float32]
     assert len(float_tensors) <= 3  # the float input/output around QUANTIZE
     assert any(t["dtype"] == np.int8 and len(t["shape"]) == 2 for t in tensors)
-    keras_accuracy = np.mean(
-        student_q.predict(x_test, verbose=0).argmax(-1) == y_test
-    )
+    keras_accuracy = np.mean(student_q.predict(x_test, verbose=0).argmax(-1) == y_test)
     accuracy = export.evaluate_tflite(path, (x_test, y_test))
     assert accuracy > 0.8
     assert abs(accuracy - keras_accuracy) <= 0.02
@@ -216,13 +244,15 @@ def test_quantization_aware_distillation_exports_an_int8_file(
 def test_quantization_aware_on_a_subset_of_layers(digits, tmp_path):
     (x_train, _), _ = digits
     student = _mlp(16)
-    first_dense = [l for l in student.layers if isinstance(l, keras.layers.Dense)][0]
+    first_dense = [
+        layer for layer in student.layers if isinstance(layer, keras.layers.Dense)
+    ][0]
     student_q = optimize.quantization_aware(student, layers=[first_dense.name])
     wrapped_dense = [
-        l.layer.name
-        for l in student_q.layers
-        if type(l).__name__ == "QuantizeWrapperV2"
-        and isinstance(l.layer, keras.layers.Dense)
+        layer.layer.name
+        for layer in student_q.layers
+        if type(layer).__name__ == "QuantizeWrapperV2"
+        and isinstance(layer.layer, keras.layers.Dense)
     ]
     assert wrapped_dense == [first_dense.name]  # the output layer stays float
     np.testing.assert_array_equal(
@@ -289,7 +319,8 @@ def test_pruning_aware_distillation_reaches_the_target_sparsity(
     callbacks = optimize.pruning_callbacks() if use_callbacks else []
     _distill(teacher, student_p, digits, epochs, callbacks=callbacks)
     pruned = optimize.strip(student_p)
-    assert not any(type(l).__name__ == "PruneLowMagnitude" for l in pruned.layers)
+    kinds = {type(layer).__name__ for layer in pruned.layers}
+    assert "PruneLowMagnitude" not in kinds
     for before, after in zip(original, student.get_weights()):
         np.testing.assert_array_equal(before, after)  # `student` is untouched
     kernels = {
@@ -302,13 +333,16 @@ def test_pruning_aware_distillation_reaches_the_target_sparsity(
     total = sum(k.size for k in kernels.values())
     zeros = sum(np.count_nonzero(k == 0) for k in kernels.values())
     assert optimize.sparsity(pruned) == pytest.approx(zeros / total)
+    # through the wrappers too: `strip` masked the kernels they hold
+    assert optimize.sparsity(student_p) == pytest.approx(zeros / total)
 
     dense_path, pruned_path = tmp_path / "dense.tflite", tmp_path / "pruned.tflite"
     export.to_tflite(student, dense_path, verify=False)
     report = export.to_tflite(pruned, pruned_path, verify_data=(x_test, y_test))
     assert report.max_abs_diff <= 1e-5
     dense_gz, pruned_gz = (
-        optimize.gzipped_size(dense_path), optimize.gzipped_size(pruned_path)
+        optimize.gzipped_size(dense_path),
+        optimize.gzipped_size(pruned_path),
     )
     assert pruned_gz < (1 - 0.5 * target) * dense_gz
     assert export.evaluate_tflite(pruned_path, (x_test, y_test)) > 0.8
@@ -328,6 +362,14 @@ def test_pruning_summaries_need_tensorboard(tmp_path):
 
 
 @legacy_only
+def test_pruning_callbacks_reject_a_bad_log_dir():
+    with pytest.raises(TypeError, match=r"`log_dir`.*Received: log_dir=3"):
+        optimize.pruning_callbacks(log_dir=3)
+    with pytest.raises(ValueError, match=r"`log_dir`.*Received: log_dir=''"):
+        optimize.pruning_callbacks(log_dir="")
+
+
+@legacy_only
 def test_pruned_model_must_be_stripped_before_export(tmp_path):
     student_p = optimize.prune(_mlp(8), 0.5, end_step=10)
     with pytest.raises(ValueError, match=r"keras_kd.optimize.strip\(model\)"):
@@ -339,12 +381,29 @@ def test_pruned_model_must_be_stripped_before_export(tmp_path):
 @pytest.mark.parametrize(
     "kwargs, error, message",
     [
-        ({"target_sparsity": 1.0}, ValueError,
-         r"`target_sparsity` must be in \[0.0, 1.0\)"),
+        (
+            {"target_sparsity": 1.0},
+            ValueError,
+            r"`target_sparsity` must be in \[0.0, 1.0\)",
+        ),
         ({"target_sparsity": "half"}, TypeError, r"`target_sparsity` must be a number"),
-        ({"end_step": 0}, ValueError, r"`end_step` must be at least 1"),
-        ({"end_step": 100, "frequency": 30}, ValueError,
-         r"`frequency` must divide.*frequency=30"),
+        (
+            {"end_step": 0},
+            ValueError,
+            r"`end_step` must be an integer \(a training step\) of at least 1",
+        ),
+        # A wrong type is a TypeError, a wrong value a ValueError.
+        ({"end_step": 10.0}, TypeError, r"`end_step` must be an integer"),
+        ({"frequency": True}, TypeError, r"`frequency` must be an integer"),
+        ({"target_sparsity": np.bool_(True)}, TypeError, r"must be a number"),
+        ({"begin_step": -1}, ValueError, r"`begin_step`.*at least 0"),
+        ({"layers": []}, ValueError, r"`layers` must be None or a non-empty"),
+        ({"layers": 3}, TypeError, r"`layers` must be None or a non-empty"),
+        (
+            {"end_step": 100, "frequency": 30},
+            ValueError,
+            r"`frequency` must divide.*frequency=30",
+        ),
         ({"initial_sparsity": 0.9}, ValueError, r"`initial_sparsity` must not exceed"),
         ({"layers": ["nope"]}, ValueError, r"`layers` names a layer"),
         ({"layers": [keras.layers.Conv2D]}, ValueError, r"selects no layer"),

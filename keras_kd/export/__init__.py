@@ -1,0 +1,46 @@
+"""TFLite (LiteRT) export: conversion, quantization and a parity check.
+
+`to_tflite` converts a trained student (Keras 3 or tf_keras; Sequential,
+Functional or subclassed) into a `.tflite` file with a dynamic batch
+dimension, optionally quantized, then runs the file in the LiteRT
+interpreter and compares it with the Keras model on real samples. It returns
+an `ExportReport` with the file's size, the largest output difference, the
+top-1 agreement and the interpreter's latency, so a wrong conversion is seen
+before the file reaches a phone.
+
+| `quantization` | weights | activations | inputs / outputs |
+| --- | --- | --- | --- |
+| `None` | float32 | float32 | float32 |
+| `"float16"` | float16 | float32 | float32 |
+| `"dynamic"` | int8 | float32 (int8 inside some kernels) | float32 |
+| `"int8"` | int8 | int8 (calibrated) | float32 |
+| `"int8_io"` | int8 | int8 (calibrated) | int8 |
+
+The full-integer modes calibrate activation ranges on `representative_data`;
+a quantization-aware model (`keras_kd.optimize.quantization_aware`) carries
+its own ranges and needs none.
+
+`evaluate_tflite` and `predict_tflite` run a `.tflite` file on data, quantizing
+inputs and dequantizing outputs of integer models with the tensors' scale and
+zero point. `read_metadata` reads back the entries given to `to_tflite`'s
+`metadata`.
+
+The package holds one step a module: `tflite` (`to_tflite`), `runtime`
+(`evaluate_tflite`, `predict_tflite`, `read_metadata`) and `report`
+(`ExportReport`) are public; `_checks` (argument checks), `_convert`
+(SavedModel, converter, flatbuffer), `_runner` (the interpreter on float
+data) and `_verify` (parity with the Keras model) are their parts.
+"""
+
+from keras_kd.export.report import ExportReport
+from keras_kd.export.runtime import evaluate_tflite, predict_tflite, read_metadata
+from keras_kd.export.tflite import QUANTIZATIONS, to_tflite
+
+__all__ = [
+    "ExportReport",
+    "QUANTIZATIONS",
+    "evaluate_tflite",
+    "predict_tflite",
+    "read_metadata",
+    "to_tflite",
+]

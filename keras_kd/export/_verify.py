@@ -1,0 +1,99 @@
+"""Parity of a converted file with the Keras model it came from.
+
+The file is run in the LiteRT interpreter on the verification samples and
+compared with the Keras model on the same samples: the largest absolute (and
+relative) difference of the outputs, the top-1 agreement of classifiers, and
+the interpreter's latency for one sample.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from keras_kd.backend import tf
+from keras_kd.export._runner import BATCH_SIZE, Runner
+
+
+def keras_outputs(model, structure, arrays, batch_size: int = BATCH_SIZE) -> list:
+    """The Keras model's float32 outputs (a list of arrays) on `arrays`."""
+    n = len(arrays[0])
+    parts = []
+    for start in range(0, n, batch_size):
+        batch = [tf.constant(a[start : start + batch_size]) for a in arrays]
+        packed = tf.nest.pack_sequence_as(structure, batch)
+        outputs = tf.nest.flatten(model(packed, training=False))
+        parts.append([np.asarray(o, np.float32) for o in outputs])
+    return [np.concatenate(p) for p in zip(*parts)]
+
+
+def _random_inputs(specs) -> list:
+    rng = np.random.default_rng(0)
+    return [
+        rng.normal(size=(1,) + tuple(s.shape)[1:]).astype(s.dtype.as_numpy_dtype)
+        for s in specs
+    ]
+
+
+def verify(
+    report,
+    model,
+    content: bytes,
+    structure,
+    specs,
+    verification,
+    latency_runs: int,
+    num_threads,
+) -> None:
+    """Runs `content` and fills in `report`'s parity and latency fields.
+
+    Args:
+        report: the `ExportReport` to fill in.
+        model: the Keras model the file came from.
+        content: the `.tflite` bytes.
+        structure: packs the flat inputs into what `model` is called with.
+        specs: one `tf.TensorSpec` per flat input.
+        verification: a list of arrays (one per input) to compare on, or
+            None to run the file on random inputs (for latency only).
+        latency_runs: invocations to time (0: none).
+        num_threads: the interpreter's threads (None: its default).
+    """
+    runner = Runner(content=content, num_threads=num_threads)
+    report.interpreter = runner.name
+    report.input_dtypes, report.output_dtypes = runner.dtypes()
+    if runner.note:
+        report.notes.append(runner.note)
+    if verification is None:
+        report.notes.append(
+            "No verify_data or representative_data: the file was run on "
+            "random inputs for latency only, not compared with the model."
+        )
+        sample = _random_inputs(specs)
+        runner.run(sample)
+    else:
+        expected = keras_outputs(model, structure, verification)
+        actual = runner.run(verification)
+        if len(expected) != len(actual):
+            raise RuntimeError(
+                f"The file has {len(actual)} outputs and the Keras model "
+                f"{len(expected)}; the conversion lost outputs."
+            )
+        actual = [a.reshape(e.shape) for e, a in zip(expected, actual)]
+        report.num_verify_samples = int(len(verification[0]))
+        report.max_abs_diff = float(
+            max(np.max(np.abs(e - a)) for e, a in zip(expected, actual))
+        )
+        scale = max(float(np.max(np.abs(e))) for e in expected)
+        report.max_rel_diff = report.max_abs_diff / max(scale, 1e-30)
+        first = expected[0]
+        if first.ndim >= 2 and first.shape[-1] >= 2:
+            report.top1_agreement = float(
+                np.mean(first.argmax(-1) == actual[0].argmax(-1))
+            )
+        if len(expected) > 1:
+            report.notes.append(
+                "top1_agreement is measured on the first output; "
+                "max_abs_diff on all outputs."
+            )
+        sample = verification
+    if latency_runs:
+        report.latency_ms = runner.latency_ms(sample, latency_runs)

@@ -1,0 +1,232 @@
+"""`to_tflite`: a Keras model to a verified `.tflite` (LiteRT) file.
+
+The steps, each in its own module: the arguments are checked (`_checks`),
+the data is read the way `fit` reads it (`keras_kd._batches`), the model is
+converted (`_convert`), the file is run in the interpreter and compared with
+the model (`_verify`), and only then written, atomically.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from keras_kd._batches import check_data_kind, collect_inputs, input_specs, replayable
+from keras_kd._utils import check_bool, check_int, write_atomically
+from keras_kd.export._checks import (
+    FULL_INTEGER,
+    QUANTIZATIONS,
+    check_converter_options,
+    check_export_model,
+    check_metadata,
+    check_num_threads,
+    check_path,
+    check_quantization,
+)
+from keras_kd.export._convert import (
+    PRUNING_LAYERS,
+    QAT_LAYERS,
+    add_metadata,
+    convert,
+    flex_ops,
+    float32_model,
+    layers_named,
+)
+from keras_kd.export._verify import verify as verify_file
+from keras_kd.export.report import ExportReport
+
+
+def to_tflite(
+    model,
+    path,
+    quantization: str | None = None,
+    representative_data=None,
+    *,
+    verify_data=None,
+    input_signature=None,
+    num_calibration_samples: int = 256,
+    num_verify_samples: int = 1000,
+    latency_runs: int = 50,
+    num_threads: int | None = None,
+    select_tf_ops: bool = False,
+    metadata: Mapping[str, str | bytes] | None = None,
+    converter_options: Mapping[str, Any] | None = None,
+    verify: bool = True,
+) -> ExportReport:
+    """Converts a Keras model to a verified `.tflite` (LiteRT) file.
+
+    Use it on a trained student to ship it: the file has a dynamic batch
+    dimension, is written atomically (an existing file at `path` is replaced
+    only by a successful export; a failed conversion leaves nothing behind),
+    and is run in the LiteRT interpreter against the Keras model before it
+    is written.
+
+    Args:
+        model: a built `keras.Model` of the current flavour (Keras 3, or
+            tf_keras under `TF_USE_LEGACY_KERAS=1`): Sequential, Functional
+            or subclassed.
+        path: where to write the `.tflite` file; its directory must exist.
+        quantization: `None` (float32), `"float16"` (float16 weights),
+            `"dynamic"` (dynamic-range int8 weights), `"int8"` (full integer,
+            float inputs and outputs) or `"int8_io"` (full integer with int8
+            inputs and outputs).
+        representative_data: samples for calibrating the full-integer modes
+            (required for `"int8"` / `"int8_io"` unless the model is
+            quantization-aware), and for verification when `verify_data` is
+            None. Anything `fit` takes: a numpy array, a tuple `(x, y)` or
+            `(x, y, sample_weight)` of arrays, a `tf.data.Dataset` or tfds
+            dataset (batched or not, with or without labels), a generator or
+            `PyDataset` of batches. At most `num_calibration_samples` are
+            drawn, from the start.
+        verify_data: samples to compare the file with the Keras model on
+            (same kinds as `representative_data`); at most
+            `num_verify_samples` are drawn.
+        input_signature: a `tf.TensorSpec` (or a list of them, one per input)
+            for models that do not know their inputs (e.g. a subclassed
+            Keras 3 model); the batch dimension is made dynamic. By default
+            it is read from the model, or else from the data.
+        num_calibration_samples: the most samples used for calibration.
+        num_verify_samples: the most samples used for verification.
+        latency_runs: single-sample invocations timed for `latency_ms`
+            (0 to skip).
+        num_threads: threads of the interpreter used for verification and
+            latency (None: the interpreter's default, one).
+        select_tf_ops: allow TensorFlow ops that have no LiteRT builtin
+            kernel (the app must then link the select-TF-ops library). The
+            Python LiteRT interpreter cannot run such files, so they are not
+            verified (the report says so).
+        metadata: entries `{name: str or bytes}` stored in the file's
+            metadata table (e.g. `{"labels": "cat\\ndog"}`); read them back
+            with `read_metadata`.
+        converter_options: further `tf.lite.TFLiteConverter` attributes to
+            set, e.g. `{"experimental_new_quantizer": True}`.
+        verify: run the file in the interpreter and compare it with the
+            Keras model (default). With False only the size is reported.
+
+    Returns:
+        An `ExportReport`.
+
+    Raises:
+        TypeError, ValueError: for bad arguments, before any conversion.
+        RuntimeError: when the converter fails (nothing is written).
+
+    Example:
+
+    ```python
+    import keras_kd as kd
+
+    report = kd.export.to_tflite(student, "student.tflite",
+                                 quantization="int8",
+                                 representative_data=train_ds,
+                                 verify_data=(x_test, y_test))
+    print(report)  # size, max |diff|, top-1 agreement, latency
+    accuracy = kd.export.evaluate_tflite("student.tflite", (x_test, y_test))
+    ```
+    """
+    # --- validate everything before converting anything -------------------
+    check_export_model(model)
+    path = check_path(path)
+    quantization = check_quantization(quantization)
+    check_int(num_calibration_samples, "num_calibration_samples", 1, "samples")
+    check_int(num_verify_samples, "num_verify_samples", 1, "samples")
+    check_int(latency_runs, "latency_runs", 0, "timed invocations")
+    check_num_threads(num_threads)
+    check_bool(select_tf_ops, "select_tf_ops")
+    verify = check_bool(verify, "verify")
+    metadata = check_metadata(metadata)
+    converter_options = check_converter_options(converter_options)
+    check_data_kind(representative_data, "representative_data")
+    check_data_kind(verify_data, "verify_data")
+    pruning = layers_named(model, PRUNING_LAYERS)
+    if pruning:
+        raise ValueError(
+            "Argument `model` still holds pruning wrappers "
+            f"({', '.join(pruning[:3])}{'...' if len(pruning) > 3 else ''}), "
+            "which would be exported as extra mask operations. Expected a "
+            "stripped model: call `keras_kd.optimize.strip(model)` first."
+        )
+    quantization_aware = bool(layers_named(model, QAT_LAYERS))
+    if (
+        quantization in FULL_INTEGER
+        and representative_data is None
+        and not quantization_aware
+    ):
+        raise ValueError(
+            "Argument `representative_data` is required for quantization="
+            f'"{quantization}": full-integer quantization calibrates the '
+            "activation ranges on real inputs. Received: "
+            "representative_data=None. Expected samples like those `fit` "
+            "takes, e.g. representative_data=x_train or a tf.data.Dataset "
+            '(or use quantization="dynamic", which needs no data).'
+        )
+
+    # --- read the data -----------------------------------------------------
+    representative_data = replayable(
+        representative_data, max(num_calibration_samples, num_verify_samples)
+    )
+    verify_data = replayable(verify_data, num_verify_samples)
+    specs, structure = input_specs(
+        model, input_signature, [representative_data, verify_data]
+    )
+    convertible, mixed_note = float32_model(model)
+    calibration = None
+    if quantization in FULL_INTEGER and representative_data is not None:
+        calibration = collect_inputs(
+            representative_data, specs, num_calibration_samples, "representative_data"
+        )
+    verification = None
+    if verify:
+        source, argument = (
+            (verify_data, "verify_data")
+            if verify_data is not None
+            else (representative_data, "representative_data")
+        )
+        if source is not None:
+            verification = collect_inputs(source, specs, num_verify_samples, argument)
+
+    # --- convert -----------------------------------------------------------
+    content = convert(
+        convertible,
+        specs,
+        structure,
+        quantization,
+        calibration,
+        select_tf_ops,
+        converter_options,
+    )
+    if metadata:
+        content = add_metadata(content, metadata)
+
+    # --- verify, then write ------------------------------------------------
+    report = ExportReport(
+        path=path,
+        size_bytes=len(content),
+        num_params=int(model.count_params()),
+        quantization=quantization or "float32",
+    )
+    if mixed_note:
+        report.notes.append(mixed_note)
+    select_ops = flex_ops(content)
+    if verify and select_ops:
+        report.notes.append(
+            "Not verified: the file uses TensorFlow select ops "
+            f"({', '.join(select_ops)}), which the Python LiteRT interpreter "
+            "cannot run; verify it on a runtime linked with the "
+            "select-TF-ops library."
+        )
+    elif verify:
+        verify_file(
+            report,
+            model,
+            content,
+            structure,
+            specs,
+            verification,
+            latency_runs,
+            num_threads,
+        )
+    write_atomically(path, content)
+    return report
+
+
+__all__ = ["QUANTIZATIONS", "to_tflite"]
