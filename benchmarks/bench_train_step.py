@@ -20,22 +20,20 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-import keras_kd as kd  # noqa: E402
-from keras_kd.backend import keras  # noqa: E402
+import keras_kd as kd
+from keras_kd import models
+from keras_kd.backend import keras
 
 
-def mlp(hidden, n_layers, name):
-    layers = [keras.Input((784,))]
-    for _ in range(n_layers):
-        layers.append(keras.layers.Dense(hidden, activation="relu"))
-    layers.append(keras.layers.Dense(10))
-    return keras.Sequential(layers, name=name)
+def mlp(hidden, name):
+    """Two hidden ReLU layers of `hidden` units on flat MNIST-sized inputs."""
+    return models.mlp((784,), 10, hidden=(hidden, hidden), name=name)
 
 
 def build(kind, teacher, args):
-    student = mlp(args.student_hidden, 2, "student")
+    student = mlp(args.student_hidden, "student")
     hard = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     opt = keras.optimizers.Adam(1e-3)
     if kind == "plain student.fit":
@@ -43,15 +41,22 @@ def build(kind, teacher, args):
         return student
     if kind == "keras_kd.Distiller":
         model = kd.Distiller(teacher=teacher, student=student)
-        model.compile(optimizer=opt, loss=hard, jit_compile=args.jit,
-                      distillation_loss=kd.losses.KLDivergence(args.temperature),
-                      alpha=args.alpha)
+        model.compile(
+            optimizer=opt,
+            loss=hard,
+            jit_compile=args.jit,
+            distillation_loss=kd.losses.KLDivergence(args.temperature),
+            alpha=args.alpha,
+        )
         return model
     from keras import distillation
 
     model = distillation.Distiller(
-        teacher=teacher, student=student,
-        distillation_losses=distillation.LogitsDistillation(temperature=args.temperature),
+        teacher=teacher,
+        student=student,
+        distillation_losses=distillation.LogitsDistillation(
+            temperature=args.temperature
+        ),
         student_loss_weight=1.0 - args.alpha,
     )
     model.compile(optimizer=opt, loss=hard, jit_compile=args.jit)
@@ -71,13 +76,15 @@ def main(argv=None):
     args = p.parse_args(argv)
     args.jit = {"auto": "auto", "true": True, "false": False}[args.jit]
     if kd.backend.LEGACY:
-        raise SystemExit("keras.distillation is Keras 3 only: unset TF_USE_LEGACY_KERAS.")
+        raise SystemExit(
+            "keras.distillation is Keras 3 only: unset TF_USE_LEGACY_KERAS."
+        )
 
     rng = np.random.default_rng(0)
     x = rng.random((args.samples, 784), dtype=np.float32)
     y = rng.integers(0, 10, args.samples)
     keras.utils.set_random_seed(0)
-    teacher = mlp(args.teacher_hidden, 2, "teacher")
+    teacher = mlp(args.teacher_hidden, "teacher")
     kinds = ["plain student.fit", "keras_kd.Distiller", "keras.distillation.Distiller"]
     models = {k: build(k, teacher, args) for k in kinds}
     for model in models.values():  # warm-up: trace and compile
@@ -90,7 +97,10 @@ def main(argv=None):
             times[k].append(time.perf_counter() - start)
     steps = int(np.ceil(args.samples / args.batch_size))
     ref = statistics.median(times["keras.distillation.Distiller"])
-    print(f"{steps} steps of batch {args.batch_size}, median of {args.rounds} epochs, jit_compile={args.jit}")
+    print(
+        f"{steps} steps of batch {args.batch_size}, median of {args.rounds} "
+        f"epochs, jit_compile={args.jit}"
+    )
     print(f"{'trainer':<32}{'s/epoch':>10}{'ms/step':>10}{'vs keras.distillation':>24}")
     results = {}
     for k in kinds:

@@ -21,10 +21,12 @@ python examples/deploy_tflite.py --data-dir ../shared/datasets/tfds   # MNIST
 python examples/deploy_tflite.py --dataset digits                     # tiny, offline
 ```
 
-MNIST comes from TensorFlow Datasets (`--data-dir` is a TFDS data dir;
-without it tfds downloads MNIST). `--dataset digits` uses scikit-learn's
-bundled 8x8 digits (`keras_kd.data.load_digits`) and runs in seconds.
-Runs in both Keras flavours.
+Data come from `keras_kd.data.load_image_classification`, which defines the
+test set: MNIST's from TensorFlow Datasets (`--data-dir` is a TFDS data dir;
+without it tfds downloads MNIST), or with `--dataset digits` the held-out
+quarter of scikit-learn's bundled 8x8 digits (runs in seconds). The models
+are `keras_kd.models.mlp` and `keras_kd.models.strided_cnn`. Runs in both
+Keras flavours.
 """
 
 from __future__ import annotations
@@ -33,88 +35,18 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import argparse  # noqa: E402
-import platform  # noqa: E402
-import time  # noqa: E402
+import argparse
+import platform
+import time
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from keras_kd import backend  # noqa: E402
-from keras_kd import export  # noqa: E402
-from keras_kd.backend import keras, tf  # noqa: E402
-from keras_kd.data import load_digits, to_dataset  # noqa: E402
-from keras_kd.distiller import Distiller  # noqa: E402
-from keras_kd.losses import KLDivergence  # noqa: E402
+from keras_kd import backend, data, export, models
+from keras_kd.backend import keras
+from keras_kd.distiller import Distiller
+from keras_kd.losses import KLDivergence
 
 MODES = [None, "float16", "dynamic", "int8", "int8_io"]
-
-
-def load_data(dataset: str = "mnist", data_dir: str | None = None,
-              max_train: int | None = None, batch_size: int = 128):
-    """The training pipeline and the test arrays.
-
-    Returns:
-        `(train_ds, (x_test, y_test))`: a batched, shuffled `tf.data.Dataset`
-        of `(image, label)` with images in [0, 1], and the test set as numpy.
-    """
-    if dataset == "mnist":
-        import tensorflow_datasets as tfds
-
-        train, test = tfds.load(
-            "mnist", split=["train", "test"], data_dir=data_dir,
-            as_supervised=True,
-        )
-
-        def scale(image, label):
-            return tf.cast(image, tf.float32) / 255.0, label
-
-        if max_train:
-            train = train.take(max_train)
-        train_ds = (
-            train.map(scale, num_parallel_calls=tf.data.AUTOTUNE)
-            .cache()
-            .shuffle(10_000, seed=0)
-            .batch(batch_size)
-            .prefetch(tf.data.AUTOTUNE)
-        )
-        x_test, y_test = tfds.as_numpy(
-            test.map(scale).batch(100_000).get_single_element()
-        )
-        return train_ds, (x_test, y_test.astype("int64"))
-    if dataset == "digits":
-        (x_train, y_train), test = load_digits(test_fraction=0.25, seed=0)
-        if max_train:
-            x_train, y_train = x_train[:max_train], y_train[:max_train]
-        return to_dataset(x_train, y_train, batch_size, shuffle=True), test
-    raise ValueError(
-        "Argument `dataset` must be 'mnist' or 'digits'. "
-        f"Received: dataset={dataset!r}."
-    )
-
-
-def build_teacher(input_shape, num_classes: int = 10, hidden: int = 512,
-                  dropout: float = 0.3):
-    """An MLP with two hidden ReLU layers and dropout, returning logits."""
-    inputs = keras.Input(input_shape)
-    x = keras.layers.Flatten()(inputs)
-    for _ in range(2):
-        x = keras.layers.Dense(hidden, activation="relu")(x)
-        x = keras.layers.Dropout(dropout)(x)
-    return keras.Model(inputs, keras.layers.Dense(num_classes)(x), name="teacher")
-
-
-def build_student(input_shape, num_classes: int = 10, filters: int = 16,
-                  hidden: int = 64):
-    """A small CNN (two strided convolutions, one hidden layer), logits out."""
-    inputs = keras.Input(input_shape)
-    x = keras.layers.Conv2D(filters, 3, strides=2, padding="same",
-                            activation="relu")(inputs)
-    x = keras.layers.Conv2D(2 * filters, 3, strides=2, padding="same",
-                            activation="relu")(x)
-    x = keras.layers.Flatten()(x)
-    x = keras.layers.Dense(hidden, activation="relu")(x)
-    outputs = keras.layers.Dense(num_classes)(x)
-    return keras.Model(inputs, outputs, name="student")
 
 
 def accuracy(model, x, y) -> float:
@@ -122,19 +54,27 @@ def accuracy(model, x, y) -> float:
     return float(np.mean(model.predict(x, batch_size=1000, verbose=0).argmax(-1) == y))
 
 
-def train_teacher_and_student(train_ds, input_shape, args):
+def train_teacher_and_student(train_ds, input_shape, num_classes, args):
     """Trains the teacher on the labels, then distils the student from it."""
     hard_loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     verbose = 2 if args.verbose else 0
     keras.utils.set_random_seed(args.seed)
-    teacher = build_teacher(input_shape)
-    teacher.compile(optimizer=keras.optimizers.Adam(args.learning_rate),
-                    loss=hard_loss, metrics=["accuracy"])
-    teacher.fit(train_ds, epochs=args.teacher_epochs, verbose=verbose,
-                shuffle=False)  # the pipeline shuffles
+    teacher = models.mlp(
+        input_shape, num_classes, hidden=(512, 512), dropout=0.3, name="teacher"
+    )
+    teacher.compile(
+        optimizer=keras.optimizers.Adam(args.learning_rate),
+        loss=hard_loss,
+        metrics=["accuracy"],
+    )
+    teacher.fit(
+        train_ds, epochs=args.teacher_epochs, verbose=verbose, shuffle=False
+    )  # the pipeline shuffles
 
     keras.utils.set_random_seed(args.seed + 1)
-    student = build_student(input_shape)
+    student = models.strided_cnn(
+        input_shape, num_classes, filters=16, hidden=64, name="student"
+    )
     distiller = Distiller(teacher=teacher, student=student)
     distiller.compile(
         optimizer=keras.optimizers.Adam(args.learning_rate),
@@ -143,8 +83,7 @@ def train_teacher_and_student(train_ds, input_shape, args):
         distillation_loss=KLDivergence(temperature=args.temperature),
         alpha=args.alpha,
     )
-    distiller.fit(train_ds, epochs=args.student_epochs, verbose=verbose,
-                  shuffle=False)
+    distiller.fit(train_ds, epochs=args.student_epochs, verbose=verbose, shuffle=False)
     return teacher, student
 
 
@@ -157,8 +96,10 @@ def export_all(student, train_ds, test, out_dir, args) -> dict:
         name = mode or "float32"
         path = os.path.join(out_dir, f"student_{name}.tflite")
         report = export.to_tflite(
-            student, path, mode,
-            representative_data=train_ds,           # batched (image, label)
+            student,
+            path,
+            mode,
+            representative_data=train_ds,  # batched (image, label)
             verify_data=(x_test, y_test),
             num_calibration_samples=args.calibration_samples,
             num_verify_samples=len(x_test),
@@ -187,22 +128,30 @@ def export_all(student, train_ds, test, out_dir, args) -> dict:
 def print_table(results: dict) -> None:
     """Prints the figures of every mode as a table."""
     print()
-    print(f"{results['dataset']}: teacher {100 * results['teacher_accuracy']:.2f}%, "
-          f"Keras student {100 * results['student_accuracy']:.2f}% "
-          f"({results['student_params']:,} parameters), "
-          f"{results['n_test']:,} test images")
-    header = (f"{'mode':<9}{'size KB':>9}{'x fp32':>8}{'accuracy':>10}"
-              f"{'drop pts':>10}{'agree':>9}{'max|diff|':>11}{'rel':>9}"
-              f"{'us/img':>8}")
+    print(
+        f"{results['dataset']}: teacher {100 * results['teacher_accuracy']:.2f}%, "
+        f"Keras student {100 * results['student_accuracy']:.2f}% "
+        f"({results['student_params']:,} parameters), "
+        f"{results['n_test']:,} test images"
+    )
+    header = (
+        f"{'mode':<9}{'size KB':>9}{'x fp32':>8}{'accuracy':>10}"
+        f"{'drop pts':>10}{'agree':>9}{'max|diff|':>11}{'rel':>9}"
+        f"{'us/img':>8}"
+    )
     print(header)
     print("-" * len(header))
     for name, row in results["modes"].items():
-        print(f"{name:<9}{row['size_bytes'] / 1024:>9.1f}{row['size_ratio']:>8.2f}"
-              f"{100 * row['accuracy']:>9.2f}%{row['accuracy_drop_points']:>10.2f}"
-              f"{100 * row['top1_agreement']:>8.2f}%{row['max_abs_diff']:>11.2e}"
-              f"{row['max_rel_diff']:>9.1e}{1000 * row['latency_ms']:>8.1f}")
-    print(f"LiteRT interpreter: {results['interpreter']}, 1 thread; "
-          f"wall time {results['wall_time_s']:.0f} s")
+        print(
+            f"{name:<9}{row['size_bytes'] / 1024:>9.1f}{row['size_ratio']:>8.2f}"
+            f"{100 * row['accuracy']:>9.2f}%{row['accuracy_drop_points']:>10.2f}"
+            f"{100 * row['top1_agreement']:>8.2f}%{row['max_abs_diff']:>11.2e}"
+            f"{row['max_rel_diff']:>9.1e}{1000 * row['latency_ms']:>8.1f}"
+        )
+    print(
+        f"LiteRT interpreter: {results['interpreter']}, 1 thread; "
+        f"wall time {results['wall_time_s']:.0f} s"
+    )
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -214,30 +163,53 @@ def parse_args(argv=None) -> argparse.Namespace:
         "flavours.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--dataset", choices=["mnist", "digits"], default="mnist",
-                        help="MNIST from tfds, or scikit-learn's 8x8 digits "
-                        "(offline, seconds)")
-    parser.add_argument("--data-dir", default=None,
-                        help="TFDS data dir holding MNIST (None: download)")
-    parser.add_argument("--out-dir", default=os.path.join("runs", "deploy_tflite"),
-                        help="where the .tflite files are written")
-    parser.add_argument("--max-train", type=int, default=None,
-                        help="train on at most this many images (None: all)")
+    parser.add_argument(
+        "--dataset",
+        choices=["mnist", "digits"],
+        default="mnist",
+        help="MNIST from tfds, or scikit-learn's 8x8 digits (offline, seconds)",
+    )
+    parser.add_argument(
+        "--data-dir", default=None, help="TFDS data dir holding MNIST (None: download)"
+    )
+    parser.add_argument(
+        "--out-dir",
+        default=os.path.join("runs", "deploy_tflite"),
+        help="where the .tflite files are written",
+    )
+    parser.add_argument(
+        "--max-train",
+        type=int,
+        default=None,
+        help="train on at most this many images (None: all)",
+    )
     parser.add_argument("--teacher-epochs", type=int, default=3)
     parser.add_argument("--student-epochs", type=int, default=3)
     parser.add_argument("--temperature", type=float, default=4.0)
-    parser.add_argument("--alpha", type=float, default=0.5,
-                        help="weight of the distillation term "
-                        "(1 - alpha weights the hard labels)")
+    parser.add_argument(
+        "--alpha",
+        type=float,
+        default=0.5,
+        help="weight of the distillation term (1 - alpha weights the hard labels)",
+    )
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--calibration-samples", type=int, default=500,
-                        help="training images drawn to calibrate int8")
-    parser.add_argument("--latency-runs", type=int, default=200,
-                        help="single-image invocations timed per mode")
+    parser.add_argument(
+        "--calibration-samples",
+        type=int,
+        default=500,
+        help="training images drawn to calibrate int8",
+    )
+    parser.add_argument(
+        "--latency-runs",
+        type=int,
+        default=200,
+        help="single-image invocations timed per mode",
+    )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--verbose", action="store_true",
-                        help="show Keras's per-epoch logs")
+    parser.add_argument(
+        "--verbose", action="store_true", help="show Keras's per-epoch logs"
+    )
     return parser.parse_args(argv)
 
 
@@ -257,10 +229,16 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     start = time.perf_counter()
     os.makedirs(args.out_dir, exist_ok=True)
-    train_ds, test = load_data(args.dataset, args.data_dir, args.max_train,
-                               args.batch_size)
+    (x_train, y_train), test, num_classes, _ = data.load_image_classification(
+        args.dataset, data_dir=args.data_dir, max_train=args.max_train
+    )
+    train_ds = data.to_dataset(
+        x_train, y_train, args.batch_size, shuffle=True, shuffle_buffer=10_000
+    )
     input_shape = test[0].shape[1:]
-    teacher, student = train_teacher_and_student(train_ds, input_shape, args)
+    teacher, student = train_teacher_and_student(
+        train_ds, input_shape, num_classes, args
+    )
     modes = export_all(student, train_ds, test, args.out_dir, args)
     results = {
         "dataset": args.dataset,

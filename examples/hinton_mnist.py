@@ -30,9 +30,11 @@ python examples/hinton_mnist.py --dataset digits \\
     --teacher-epochs 5 --student-epochs 5             # tiny, offline
 ```
 
-MNIST comes from TensorFlow Datasets (`--data-dir` points at a TFDS data dir;
-without it tfds downloads MNIST). `--dataset digits` uses scikit-learn's
-bundled 8x8 handwritten digits instead, which needs no download.
+Data come from `keras_kd.data.load_image_classification`, which defines the
+test set: MNIST's from TensorFlow Datasets (`--data-dir` points at a TFDS data
+dir; without it tfds downloads MNIST), or with `--dataset digits` the held-out
+quarter of scikit-learn's bundled 8x8 handwritten digits (450 images, no
+download). Both models are `keras_kd.models.mlp`.
 """
 
 from __future__ import annotations
@@ -41,13 +43,14 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import argparse  # noqa: E402
-import time  # noqa: E402
+import argparse
+import time
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-import keras_kd as kd  # noqa: E402
-from keras_kd.backend import keras  # noqa: E402
+import keras_kd as kd
+from keras_kd import models
+from keras_kd.backend import keras
 
 # Hinton et al. 2015, section 3: test errors out of 10,000.
 PAPER_ERRORS = {"teacher": 67, "scratch": 146, "distilled": 74}
@@ -56,95 +59,30 @@ PAPER_ERRORS = {"teacher": 67, "scratch": 146, "distilled": 74}
 _VALIDATION_SIZE = {"mnist": 10_000, "digits": 300}
 
 
-def load_data(dataset: str = "mnist", data_dir: str | None = None,
-              validation: bool = False):
-    """Loads a digits dataset as float32 images in [0, 1] and int labels.
+def evaluation_data(
+    dataset: str = "mnist", data_dir: str | None = None, validation: bool = False
+):
+    """The training set and the set whose errors are counted, from `kd.data`.
 
     Args:
         dataset: `"mnist"` (TensorFlow Datasets, 28x28) or `"digits"`
             (scikit-learn's bundled 8x8 digits, offline).
         data_dir: the TFDS data dir for MNIST; None lets tfds download it.
         validation: if True, the last images of the training set are held
-            out and returned as the evaluation split, and the test set is
-            not touched (for tuning hyperparameters).
+            out (`kd.data.split_validation`) and returned as the evaluation
+            set, and the test set is not touched (for tuning
+            hyperparameters).
 
     Returns:
-        `(x_train, y_train), (x_eval, y_eval)`, images of shape
-        `(n, height, width, 1)`.
+        `(x_train, y_train), (x_eval, y_eval)`: images of shape
+        `(n, height, width, 1)` in [0, 1] and int64 labels; without
+        `validation`, the evaluation set is the test set that
+        `kd.data.load_image_classification` defines.
     """
-    if dataset == "mnist":
-        import tensorflow_datasets as tfds
-
-        splits = tfds.load(
-            "mnist", data_dir=data_dir, as_supervised=True, batch_size=-1
-        )
-        x_train, y_train = tfds.as_numpy(splits["train"])
-        x_test, y_test = tfds.as_numpy(splits["test"])
-        x_train = x_train.astype("float32") / 255.0
-        x_test = x_test.astype("float32") / 255.0
-    elif dataset == "digits":
-        from sklearn.datasets import load_digits
-
-        digits = load_digits()
-        x = (digits.images / 16.0).astype("float32")[..., None]
-        y = digits.target
-        order = np.random.RandomState(0).permutation(len(x))
-        x, y = x[order], y[order]
-        n_test = len(x) // 5
-        x_train, y_train = x[n_test:], y[n_test:]
-        x_test, y_test = x[:n_test], y[:n_test]
-    else:
-        raise ValueError(
-            "Argument `dataset` must be 'mnist' or 'digits'. "
-            f"Received: dataset={dataset!r}."
-        )
-    y_train = y_train.astype("int64")
-    y_test = y_test.astype("int64")
+    train, test, _, _ = kd.data.load_image_classification(dataset, data_dir=data_dir)
     if validation:
-        n_val = _VALIDATION_SIZE[dataset]
-        return (x_train[:-n_val], y_train[:-n_val]), (
-            x_train[-n_val:],
-            y_train[-n_val:],
-        )
-    return (x_train, y_train), (x_test, y_test)
-
-
-def build_mlp(input_shape, hidden: int, num_classes: int = 10,
-              dropout: float = 0.0, input_dropout: float = 0.0,
-              jitter: int = 0, name: str = "mlp"):
-    """An MLP with two hidden ReLU layers, returning logits.
-
-    Args:
-        input_shape: `(height, width, 1)`.
-        hidden: units in each of the two hidden layers.
-        num_classes: number of output logits.
-        dropout: dropout rate after each hidden layer.
-        input_dropout: dropout rate on the input pixels.
-        jitter: largest random translation of the inputs in pixels, in
-            training only (0: none).
-        name: the model's name.
-
-    Returns:
-        A `keras.Model` mapping images to logits.
-    """
-    inputs = keras.Input(input_shape)
-    x = inputs
-    if jitter:
-        x = keras.layers.RandomTranslation(
-            jitter / input_shape[0],
-            jitter / input_shape[1],
-            fill_mode="constant",
-            interpolation="nearest",
-        )(x)
-    x = keras.layers.Flatten()(x)
-    if input_dropout:
-        x = keras.layers.Dropout(input_dropout)(x)
-    for _ in range(2):
-        x = keras.layers.Dense(hidden, activation="relu")(x)
-        if dropout:
-            x = keras.layers.Dropout(dropout)(x)
-    outputs = keras.layers.Dense(num_classes)(x)
-    return keras.Model(inputs, outputs, name=name)
+        return kd.data.split_validation(*train, _VALIDATION_SIZE[dataset])
+    return train, test
 
 
 def _optimizer(learning_rate: float, epochs: int, steps_per_epoch: int):
@@ -185,10 +123,14 @@ def run_seed(seed, data, args) -> dict:
     start = time.perf_counter()
 
     keras.utils.set_random_seed(seed)
-    teacher = build_mlp(
-        input_shape, args.teacher_hidden, num_classes,
-        dropout=args.dropout, input_dropout=args.input_dropout,
-        jitter=args.jitter, name="teacher",
+    teacher = models.mlp(
+        input_shape,
+        num_classes,
+        hidden=(args.teacher_hidden,) * 2,
+        dropout=args.dropout,
+        input_dropout=args.input_dropout,
+        jitter=args.jitter,
+        name="teacher",
     )
     teacher.compile(
         optimizer=_optimizer(args.learning_rate, args.teacher_epochs, steps),
@@ -196,17 +138,19 @@ def run_seed(seed, data, args) -> dict:
         metrics=["accuracy"],
     )
     teacher.fit(
-        x_train, y_train, batch_size=args.batch_size,
-        epochs=args.teacher_epochs, verbose=verbose,
+        x_train,
+        y_train,
+        batch_size=args.batch_size,
+        epochs=args.teacher_epochs,
+        verbose=verbose,
     )
     teacher_time = time.perf_counter() - start
 
     # Both students start from the same weights and see the same batches.
     keras.utils.set_random_seed(seed + 1000)
-    scratch = build_mlp(input_shape, args.student_hidden, num_classes,
-                        name="scratch_student")
-    student = build_mlp(input_shape, args.student_hidden, num_classes,
-                        name="distilled_student")
+    hidden = (args.student_hidden,) * 2
+    scratch = models.mlp(input_shape, num_classes, hidden, name="scratch_student")
+    student = models.mlp(input_shape, num_classes, hidden, name="distilled_student")
     student.set_weights(scratch.get_weights())
 
     keras.utils.set_random_seed(seed + 2000)
@@ -216,8 +160,11 @@ def run_seed(seed, data, args) -> dict:
         metrics=["accuracy"],
     )
     scratch.fit(
-        x_train, y_train, batch_size=args.batch_size,
-        epochs=args.student_epochs, verbose=verbose,
+        x_train,
+        y_train,
+        batch_size=args.batch_size,
+        epochs=args.student_epochs,
+        verbose=verbose,
     )
     scratch_time = time.perf_counter() - start - teacher_time
 
@@ -231,8 +178,11 @@ def run_seed(seed, data, args) -> dict:
         alpha=args.alpha,
     )
     distiller.fit(
-        x_train, y_train, batch_size=args.batch_size,
-        epochs=args.student_epochs, verbose=verbose,
+        x_train,
+        y_train,
+        batch_size=args.batch_size,
+        epochs=args.student_epochs,
+        verbose=verbose,
     )
     distilled_time = time.perf_counter() - start - teacher_time - scratch_time
 
@@ -264,21 +214,29 @@ def print_results(results: dict) -> None:
     """Prints the errors as a table, the way Hinton et al. report them."""
     split, n = results["split"], results["n_eval"]
     print()
-    print(f"{results['dataset']} {split} errors out of {n:,} "
-          f"(seeds {' '.join(map(str, results['seeds']))})")
+    print(
+        f"{results['dataset']} {split} errors out of {n:,} "
+        f"(seeds {' '.join(map(str, results['seeds']))})"
+    )
     header = f"{'':<8}{'teacher':>9}{'scratch':>9}{'distilled':>11}{'gap closed':>12}"
     print(header)
     for run in results["per_seed"]:
         e = run["errors"]
-        print(f"{'seed ' + str(run['seed']):<8}{e['teacher']:>9}{e['scratch']:>9}"
-              f"{e['distilled']:>11}{_percent(run['gap_closed']):>12}")
+        print(
+            f"{'seed ' + str(run['seed']):<8}{e['teacher']:>9}{e['scratch']:>9}"
+            f"{e['distilled']:>11}{_percent(run['gap_closed']):>12}"
+        )
     m = results["mean_errors"]
-    print(f"{'mean':<8}{m['teacher']:>9.1f}{m['scratch']:>9.1f}"
-          f"{m['distilled']:>11.1f}{_percent(results['gap_closed']):>12}")
+    print(
+        f"{'mean':<8}{m['teacher']:>9.1f}{m['scratch']:>9.1f}"
+        f"{m['distilled']:>11.1f}{_percent(results['gap_closed']):>12}"
+    )
     p = results["paper_errors"]
     paper_gap = gap_closed(p["teacher"], p["scratch"], p["distilled"])
-    print(f"{'paper':<8}{p['teacher']:>9}{p['scratch']:>9}{p['distilled']:>11}"
-          f"{_percent(paper_gap):>12}")
+    print(
+        f"{'paper':<8}{p['teacher']:>9}{p['scratch']:>9}{p['distilled']:>11}"
+        f"{_percent(paper_gap):>12}"
+    )
     print(f"wall time: {results['wall_time_s']:.0f} s")
 
 
@@ -289,41 +247,86 @@ def parse_args(argv=None) -> argparse.Namespace:
         "student distilled at a high temperature with keras_kd.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--dataset", choices=["mnist", "digits"],
-                        default="mnist",
-                        help="MNIST from tfds, or scikit-learn's 8x8 digits "
-                        "(offline, for quick checks)")
-    parser.add_argument("--data-dir", default=None,
-                        help="TFDS data dir holding MNIST (None: download)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
-                        help="one full run (teacher and both students) per seed")
-    parser.add_argument("--validation", action="store_true",
-                        help="hold out the end of the training set (10,000 "
-                        "MNIST images) and report errors on it instead of the "
-                        "test set; use this to tune hyperparameters")
+    parser.add_argument(
+        "--dataset",
+        choices=["mnist", "digits"],
+        default="mnist",
+        help="MNIST from tfds, or scikit-learn's 8x8 digits "
+        "(offline, for quick checks)",
+    )
+    parser.add_argument(
+        "--data-dir", default=None, help="TFDS data dir holding MNIST (None: download)"
+    )
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=[0, 1, 2],
+        help="one full run (teacher and both students) per seed",
+    )
+    parser.add_argument(
+        "--validation",
+        action="store_true",
+        help="hold out the end of the training set (10,000 "
+        "MNIST images) and report errors on it instead of the "
+        "test set; use this to tune hyperparameters",
+    )
     parser.add_argument("--teacher-epochs", type=int, default=30)
-    parser.add_argument("--student-epochs", type=int, default=15,
-                        help="epochs of both the scratch and the distilled student")
-    parser.add_argument("--teacher-hidden", type=int, default=1200,
-                        help="units in each of the teacher's two hidden layers")
-    parser.add_argument("--student-hidden", type=int, default=800,
-                        help="units in each of the student's two hidden layers")
-    parser.add_argument("--dropout", type=float, default=0.3,
-                        help="teacher's dropout rate after each hidden layer")
-    parser.add_argument("--input-dropout", type=float, default=0.0,
-                        help="teacher's dropout rate on the input pixels")
-    parser.add_argument("--jitter", type=int, default=2,
-                        help="teacher's random input translation, in pixels")
-    parser.add_argument("--temperature", type=float, default=20.0,
-                        help="distillation temperature T")
-    parser.add_argument("--alpha", type=float, default=0.9,
-                        help="weight of the distillation term "
-                        "(1 - alpha weights the hard labels)")
-    parser.add_argument("--learning-rate", type=float, default=1e-3,
-                        help="Adam's initial learning rate (cosine decay to 0)")
+    parser.add_argument(
+        "--student-epochs",
+        type=int,
+        default=15,
+        help="epochs of both the scratch and the distilled student",
+    )
+    parser.add_argument(
+        "--teacher-hidden",
+        type=int,
+        default=1200,
+        help="units in each of the teacher's two hidden layers",
+    )
+    parser.add_argument(
+        "--student-hidden",
+        type=int,
+        default=800,
+        help="units in each of the student's two hidden layers",
+    )
+    parser.add_argument(
+        "--dropout",
+        type=float,
+        default=0.3,
+        help="teacher's dropout rate after each hidden layer",
+    )
+    parser.add_argument(
+        "--input-dropout",
+        type=float,
+        default=0.0,
+        help="teacher's dropout rate on the input pixels",
+    )
+    parser.add_argument(
+        "--jitter",
+        type=int,
+        default=2,
+        help="teacher's random input translation, in pixels",
+    )
+    parser.add_argument(
+        "--temperature", type=float, default=20.0, help="distillation temperature T"
+    )
+    parser.add_argument(
+        "--alpha",
+        type=float,
+        default=0.9,
+        help="weight of the distillation term (1 - alpha weights the hard labels)",
+    )
+    parser.add_argument(
+        "--learning-rate",
+        type=float,
+        default=1e-3,
+        help="Adam's initial learning rate (cosine decay to 0)",
+    )
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--verbose", action="store_true",
-                        help="show Keras's per-epoch logs")
+    parser.add_argument(
+        "--verbose", action="store_true", help="show Keras's per-epoch logs"
+    )
     return parser.parse_args(argv)
 
 
@@ -341,14 +344,13 @@ def main(argv=None) -> dict:
     """
     args = parse_args(argv)
     start = time.perf_counter()
-    data = load_data(args.dataset, args.data_dir, args.validation)
+    data = evaluation_data(args.dataset, args.data_dir, args.validation)
     per_seed = []
     for seed in args.seeds:
         run = run_seed(seed, data, args)
         per_seed.append(run)
         if args.verbose:
-            print(f"seed {seed}: {run['errors']} "
-                  f"({run['wall_time_s']:.0f} s)")
+            print(f"seed {seed}: {run['errors']} ({run['wall_time_s']:.0f} s)")
     mean_errors = {
         name: float(np.mean([run["errors"][name] for run in per_seed]))
         for name in ("teacher", "scratch", "distilled")
@@ -361,7 +363,8 @@ def main(argv=None) -> dict:
         "per_seed": per_seed,
         "mean_errors": mean_errors,
         "gap_closed": gap_closed(
-            mean_errors["teacher"], mean_errors["scratch"],
+            mean_errors["teacher"],
+            mean_errors["scratch"],
             mean_errors["distilled"],
         ),
         "paper_errors": dict(PAPER_ERRORS),

@@ -11,7 +11,9 @@ same initial weights with the same budget:
     python examples/online_distillation.py --data-dir ../shared/datasets/tfds
     python examples/online_distillation.py --dataset digits      # offline, tiny
 
-It prints per-peer test accuracy per seed and averaged.
+It prints per-peer test accuracy per seed and averaged, on the test set of
+`keras_kd.data.load_image_classification`; every model is a one-hidden-layer
+`keras_kd.models.mlp`.
 """
 
 from __future__ import annotations
@@ -20,58 +22,82 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import argparse  # noqa: E402
-import time  # noqa: E402
+import argparse
+import time
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-import keras_kd as kd  # noqa: E402
-from keras_kd.backend import keras  # noqa: E402
-
-
-def make_mlp(input_shape, hidden, name):
-    return keras.Sequential([keras.Input(input_shape), keras.layers.Flatten(),
-                             keras.layers.Dense(hidden, activation="relu"),
-                             keras.layers.Dense(10)], name=name)
+import keras_kd as kd
+from keras_kd import models
+from keras_kd.backend import keras
 
 
 def accuracy(model, x, y):
-    return float(np.mean(np.argmax(model.predict(x, batch_size=1024, verbose=0), -1) == y))
+    """Top-1 accuracy of a Keras model."""
+    return float(
+        np.mean(np.argmax(model.predict(x, batch_size=1024, verbose=0), -1) == y)
+    )
 
 
 def hard():
     return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
 
-def independent(models, x, y, args):
-    for model in models:
+def independent(group, x, y, args):
+    """Trains each model of `group` alone on the labels."""
+    for model in group:
         model.compile(optimizer=keras.optimizers.Adam(args.learning_rate), loss=hard())
-        model.fit(x, y, epochs=args.epochs, batch_size=args.batch_size, verbose=args.verbose)
+        model.fit(
+            x, y, epochs=args.epochs, batch_size=args.batch_size, verbose=args.verbose
+        )
 
 
-def run_seed(seed, data, args):
+def run_seed(seed, data, num_classes, args):
+    """Trains both recipes and their independent baselines for one seed.
+
+    Returns:
+        Test accuracies (`mutual` and `independent` per peer,
+        `online_teacher`, `online_student`, `student_alone`) and the trained
+        `models` under the same keys.
+    """
     (x_tr, y_tr), (x_te, y_te) = data
     shape = x_tr.shape[1:]
+
+    def mlp(hidden, name):
+        return models.mlp(shape, num_classes, hidden=hidden, name=name)
+
     keras.utils.set_random_seed(seed)
-    peers = [make_mlp(shape, args.peer_hidden, f"peer{i}") for i in range(args.peers)]
+    peers = [mlp(args.peer_hidden, f"peer{i}") for i in range(args.peers)]
     alone = [keras.models.clone_model(p) for p in peers]
     for a, p in zip(alone, peers):
         a.set_weights(p.get_weights())
     cohort = kd.MutualLearning(peers)
-    cohort.compile(optimizer=keras.optimizers.Adam(args.learning_rate), loss=hard(),
-                   metrics=["accuracy"], temperature=args.temperature, alpha=args.alpha)
-    cohort.fit(x_tr, y_tr, epochs=args.epochs, batch_size=args.batch_size, verbose=args.verbose)
+    cohort.compile(
+        optimizer=keras.optimizers.Adam(args.learning_rate),
+        loss=hard(),
+        metrics=["accuracy"],
+        temperature=args.temperature,
+        alpha=args.alpha,
+    )
+    cohort.fit(
+        x_tr, y_tr, epochs=args.epochs, batch_size=args.batch_size, verbose=args.verbose
+    )
     independent(alone, x_tr, y_tr, args)
 
-    teacher = make_mlp(shape, args.teacher_hidden, "teacher")
-    student = make_mlp(shape, args.student_hidden, "student")
+    teacher = mlp(args.teacher_hidden, "teacher")
+    student = mlp(args.student_hidden, "student")
     student_alone = keras.models.clone_model(student)
     student_alone.set_weights(student.get_weights())
     online = kd.Distiller(teacher=teacher, student=student, train_teacher=True)
-    online.compile(optimizer=keras.optimizers.Adam(args.learning_rate), loss=hard(),
-                   distillation_loss=kd.losses.KLDivergence(args.temperature),
-                   alpha=args.alpha)
-    online.fit(x_tr, y_tr, epochs=args.epochs, batch_size=args.batch_size, verbose=args.verbose)
+    online.compile(
+        optimizer=keras.optimizers.Adam(args.learning_rate),
+        loss=hard(),
+        distillation_loss=kd.losses.KLDivergence(args.temperature),
+        alpha=args.alpha,
+    )
+    online.fit(
+        x_tr, y_tr, epochs=args.epochs, batch_size=args.batch_size, verbose=args.verbose
+    )
     independent([student_alone], x_tr, y_tr, args)
     return {
         "mutual": [accuracy(p, x_te, y_te) for p in peers],
@@ -79,6 +105,13 @@ def run_seed(seed, data, args):
         "online_teacher": accuracy(teacher, x_te, y_te),
         "online_student": accuracy(student, x_te, y_te),
         "student_alone": accuracy(student_alone, x_te, y_te),
+        "models": {
+            "mutual": peers,
+            "independent": alone,
+            "online_teacher": teacher,
+            "online_student": student,
+            "student_alone": student_alone,
+        },
     }
 
 
@@ -94,38 +127,58 @@ def main(argv=None) -> dict:
     p.add_argument("--student-hidden", type=int, default=32)
     p.add_argument("--epochs", type=int, default=6)
     p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--alpha", type=float, default=0.5, help="weight of the distillation term")
+    p.add_argument(
+        "--alpha", type=float, default=0.5, help="weight of the distillation term"
+    )
     p.add_argument("--learning-rate", type=float, default=1e-3)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--verbose", type=int, default=0)
     args = p.parse_args(argv)
-    train, test, _, _ = kd.data.load_image_classification(
-        args.dataset, data_dir=args.data_dir, max_train=args.max_train)
+    train, test, num_classes, _ = kd.data.load_image_classification(
+        args.dataset, data_dir=args.data_dir, max_train=args.max_train
+    )
     data = (train, test)
     start = time.perf_counter()
-    results = {seed: run_seed(seed, data, args) for seed in args.seeds}
+    results = {seed: run_seed(seed, data, num_classes, args) for seed in args.seeds}
     seconds = time.perf_counter() - start
-    print(f"\n{args.dataset}: {len(data[0][0])} training / {len(data[1][0])} test images; "
-          f"{args.epochs} epochs, T={args.temperature}, alpha={args.alpha}; {seconds:.0f} s")
-    print(f"\nDeep Mutual Learning, {args.peers} x MLP({args.peer_hidden}): test accuracy")
+    print(
+        f"\n{args.dataset}: {len(train[0])} training / {len(test[0])} test "
+        f"images; {args.epochs} epochs, T={args.temperature}, "
+        f"alpha={args.alpha}; {seconds:.0f} s"
+    )
+    print(
+        f"\nDeep Mutual Learning, {args.peers} x MLP({args.peer_hidden}): test accuracy"
+    )
     print(f"{'seed':<6}{'mutual (per peer)':>28}{'independent (per peer)':>30}")
     for seed, r in results.items():
-        print(f"{seed:<6}{' '.join(f'{a:.2%}' for a in r['mutual']):>28}"
-              f"{' '.join(f'{a:.2%}' for a in r['independent']):>30}")
+        print(
+            f"{seed:<6}{' '.join(f'{a:.2%}' for a in r['mutual']):>28}"
+            f"{' '.join(f'{a:.2%}' for a in r['independent']):>30}"
+        )
     mutual = np.array([r["mutual"] for r in results.values()])
     alone = np.array([r["independent"] for r in results.values()])
-    print(f"{'mean':<6}{mutual.mean():>28.2%}{alone.mean():>30.2%}  "
-          f"({(mutual.mean() - alone.mean()) * 100:+.2f} points; peers better in "
-          f"{int(np.sum(mutual > alone))} of {mutual.size})")
-    print(f"\nOnline teacher MLP({args.teacher_hidden}) -> student MLP({args.student_hidden})")
+    print(
+        f"{'mean':<6}{mutual.mean():>28.2%}{alone.mean():>30.2%}  "
+        f"({(mutual.mean() - alone.mean()) * 100:+.2f} points; peers better in "
+        f"{int(np.sum(mutual > alone))} of {mutual.size})"
+    )
+    print(
+        f"\nOnline teacher MLP({args.teacher_hidden}) -> "
+        f"student MLP({args.student_hidden})"
+    )
     print(f"{'seed':<6}{'teacher':>10}{'student online':>16}{'student alone':>16}")
     for seed, r in results.items():
-        print(f"{seed:<6}{r['online_teacher']:>10.2%}{r['online_student']:>16.2%}"
-              f"{r['student_alone']:>16.2%}")
+        print(
+            f"{seed:<6}{r['online_teacher']:>10.2%}{r['online_student']:>16.2%}"
+            f"{r['student_alone']:>16.2%}"
+        )
     on = np.array([r["online_student"] for r in results.values()])
     off = np.array([r["student_alone"] for r in results.values()])
-    print(f"{'mean':<6}{np.mean([r['online_teacher'] for r in results.values()]):>10.2%}"
-          f"{on.mean():>16.2%}{off.mean():>16.2%}  ({(on.mean() - off.mean()) * 100:+.2f} points)")
+    teachers = np.array([r["online_teacher"] for r in results.values()])
+    print(
+        f"{'mean':<6}{teachers.mean():>10.2%}{on.mean():>16.2%}{off.mean():>16.2%}"
+        f"  ({(on.mean() - off.mean()) * 100:+.2f} points)"
+    )
     return {"results": results, "seconds": seconds}
 
 

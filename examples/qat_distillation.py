@@ -26,6 +26,11 @@ TF_USE_LEGACY_KERAS=1 python examples/qat_distillation.py \\
     --data-dir ../shared/datasets/tfds                      # MNIST
 TF_USE_LEGACY_KERAS=1 python examples/qat_distillation.py --dataset digits
 ```
+
+Data, and so the test set, come from `keras_kd.data.load_image_classification`
+(MNIST's test split, or the held-out quarter of scikit-learn's digits); the
+models are `keras_kd.models.mlp` and `keras_kd.models.strided_cnn`, built in
+tf_keras by this flavour.
 """
 
 from __future__ import annotations
@@ -34,19 +39,16 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import argparse  # noqa: E402
-import platform  # noqa: E402
-import time  # noqa: E402
+import argparse
+import platform
+import time
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from keras_kd import backend  # noqa: E402
-from keras_kd import export  # noqa: E402
-from keras_kd import optimize  # noqa: E402
-from keras_kd.backend import keras, tf  # noqa: E402
-from keras_kd.data import load_digits, to_dataset  # noqa: E402
-from keras_kd.distiller import Distiller  # noqa: E402
-from keras_kd.losses import KLDivergence  # noqa: E402
+from keras_kd import backend, data, export, models, optimize
+from keras_kd.backend import keras
+from keras_kd.distiller import Distiller
+from keras_kd.losses import KLDivergence
 
 NEEDS_LEGACY = (
     "This example needs tf_keras: run it with TF_USE_LEGACY_KERAS=1 set "
@@ -54,74 +56,6 @@ NEEDS_LEGACY = (
     "examples/qat_distillation.py ...) and the optimize extra installed "
     "(pip install keras-kd[optimize])."
 )
-
-
-def load_data(dataset: str = "mnist", data_dir: str | None = None,
-              max_train: int | None = None, batch_size: int = 128):
-    """The training pipeline, its number of batches, and the test arrays."""
-    if dataset == "mnist":
-        import tensorflow_datasets as tfds
-
-        train, test = tfds.load(
-            "mnist", split=["train", "test"], data_dir=data_dir,
-            as_supervised=True,
-        )
-
-        def scale(image, label):
-            return tf.cast(image, tf.float32) / 255.0, label
-
-        if max_train:
-            train = train.take(max_train)
-        n_train = int(train.reduce(0, lambda count, _: count + 1))
-        train_ds = (
-            train.map(scale, num_parallel_calls=tf.data.AUTOTUNE)
-            .cache()
-            .shuffle(10_000, seed=0)
-            .batch(batch_size)
-            .prefetch(tf.data.AUTOTUNE)
-        )
-        x_test, y_test = tfds.as_numpy(
-            test.map(scale).batch(100_000).get_single_element()
-        )
-        test = (x_test, y_test.astype("int64"))
-    elif dataset == "digits":
-        (x_train, y_train), test = load_digits(test_fraction=0.25, seed=0)
-        if max_train:
-            x_train, y_train = x_train[:max_train], y_train[:max_train]
-        n_train = len(x_train)
-        train_ds = to_dataset(x_train, y_train, batch_size, shuffle=True)
-    else:
-        raise ValueError(
-            "Argument `dataset` must be 'mnist' or 'digits'. "
-            f"Received: dataset={dataset!r}."
-        )
-    steps_per_epoch = int(np.ceil(n_train / batch_size))
-    return train_ds, steps_per_epoch, test
-
-
-def build_teacher(input_shape, num_classes: int = 10, hidden: int = 512,
-                  dropout: float = 0.3):
-    """An MLP with two hidden ReLU layers and dropout, returning logits."""
-    inputs = keras.Input(input_shape)
-    x = keras.layers.Flatten()(inputs)
-    for _ in range(2):
-        x = keras.layers.Dense(hidden, activation="relu")(x)
-        x = keras.layers.Dropout(dropout)(x)
-    return keras.Model(inputs, keras.layers.Dense(num_classes)(x), name="teacher")
-
-
-def build_student(input_shape, num_classes: int = 10, filters: int = 16,
-                  hidden: int = 64):
-    """A small CNN (two strided convolutions, one hidden layer), logits out."""
-    inputs = keras.Input(input_shape)
-    x = keras.layers.Conv2D(filters, 3, strides=2, padding="same",
-                            activation="relu")(inputs)
-    x = keras.layers.Conv2D(2 * filters, 3, strides=2, padding="same",
-                            activation="relu")(x)
-    x = keras.layers.Flatten()(x)
-    x = keras.layers.Dense(hidden, activation="relu")(x)
-    outputs = keras.layers.Dense(num_classes)(x)
-    return keras.Model(inputs, outputs, name="student")
 
 
 def copy_model(model):
@@ -150,11 +84,12 @@ def distill(teacher, student, train_ds, epochs, learning_rate, args):
     return student
 
 
-def export_row(model, path, quantization, train_ds, test, args,
-               calibrate=True) -> dict:
+def export_row(model, path, quantization, train_ds, test, args, calibrate=True) -> dict:
     """Exports `model`, verifies it and measures the file."""
     report = export.to_tflite(
-        model, path, quantization,
+        model,
+        path,
+        quantization,
         representative_data=train_ds if quantization and calibrate else None,
         verify_data=test,
         num_calibration_samples=args.calibration_samples,
@@ -183,25 +118,47 @@ def run_int8(teacher, student, train_ds, test, out_dir, args) -> dict:
         student, os.path.join(out_dir, "ptq_int8.tflite"), "int8", train_ds, test, args
     )
     keras.utils.set_random_seed(args.seed + 2)
-    longer = distill(teacher, copy_model(student), train_ds, args.finetune_epochs,
-                     args.finetune_learning_rate, args)
+    longer = distill(
+        teacher,
+        copy_model(student),
+        train_ds,
+        args.finetune_epochs,
+        args.finetune_learning_rate,
+        args,
+    )
     rows["ptq_same_epochs"] = export_row(
-        longer, os.path.join(out_dir, "ptq_same_epochs_int8.tflite"), "int8",
-        train_ds, test, args,
+        longer,
+        os.path.join(out_dir, "ptq_same_epochs_int8.tflite"),
+        "int8",
+        train_ds,
+        test,
+        args,
     )
     keras.utils.set_random_seed(args.seed + 2)
     student_q = optimize.quantization_aware(student)
-    distill(teacher, student_q, train_ds, args.finetune_epochs,
-            args.finetune_learning_rate, args)
+    distill(
+        teacher,
+        student_q,
+        train_ds,
+        args.finetune_epochs,
+        args.finetune_learning_rate,
+        args,
+    )
     rows["qat"] = export_row(  # no calibration: the ranges were learned
-        student_q, os.path.join(out_dir, "qat_int8.tflite"), "int8",
-        train_ds, test, args, calibrate=False,
+        student_q,
+        os.path.join(out_dir, "qat_int8.tflite"),
+        "int8",
+        train_ds,
+        test,
+        args,
+        calibrate=False,
     )
     return rows
 
 
-def run_pruning(teacher, student, train_ds, steps_per_epoch, test, out_dir,
-                args) -> dict:
+def run_pruning(
+    teacher, student, train_ds, steps_per_epoch, test, out_dir, args
+) -> dict:
     """Pruning-aware distillation to each target sparsity."""
     rows = {}
     total = args.prune_epochs * steps_per_epoch
@@ -209,16 +166,26 @@ def run_pruning(teacher, student, train_ds, steps_per_epoch, test, out_dir,
     for target in args.sparsities:
         keras.utils.set_random_seed(args.seed + 3)
         student_p = optimize.prune(student, target, end_step=end_step)
-        distill(teacher, student_p, train_ds, args.prune_epochs,
-                args.finetune_learning_rate, args)
+        distill(
+            teacher,
+            student_p,
+            train_ds,
+            args.prune_epochs,
+            args.finetune_learning_rate,
+            args,
+        )
         pruned = optimize.strip(student_p)
         name = f"{int(round(100 * target))}%"
         row = {"target_sparsity": target, "sparsity": optimize.sparsity(pruned)}
         for quantization in (None, "int8"):
             label = quantization or "float32"
             row[label] = export_row(
-                pruned, os.path.join(out_dir, f"pruned_{name}_{label}.tflite"),
-                quantization, train_ds, test, args,
+                pruned,
+                os.path.join(out_dir, f"pruned_{name}_{label}.tflite"),
+                quantization,
+                train_ds,
+                test,
+                args,
             )
         rows[name] = row
     return rows
@@ -231,14 +198,20 @@ def _kb(n) -> str:
 def print_tables(results: dict) -> None:
     int8 = results["int8"]
     print()
-    print(f"{results['dataset']}: teacher {100 * results['teacher_accuracy']:.2f}%, "
-          f"float student {100 * results['student_accuracy']:.2f}% "
-          f"({results['student_params']:,} parameters), {results['n_test']:,} "
-          "test images")
-    print("int8: post-training quantization (PTQ) vs quantization-aware "
-          "distillation (QAT)")
-    header = (f"{'model':<22}{'file':>9}{'size KB':>9}{'Keras acc':>11}"
-              f"{'file acc':>10}{'agree':>9}")
+    print(
+        f"{results['dataset']}: teacher {100 * results['teacher_accuracy']:.2f}%, "
+        f"float student {100 * results['student_accuracy']:.2f}% "
+        f"({results['student_params']:,} parameters), {results['n_test']:,} "
+        "test images"
+    )
+    print(
+        "int8: post-training quantization (PTQ) vs quantization-aware "
+        "distillation (QAT)"
+    )
+    header = (
+        f"{'model':<22}{'file':>9}{'size KB':>9}{'Keras acc':>11}"
+        f"{'file acc':>10}{'agree':>9}"
+    )
     print(header)
     print("-" * len(header))
     labels = {
@@ -249,26 +222,34 @@ def print_tables(results: dict) -> None:
     }
     for key, label in labels.items():
         row = int8[key]
-        print(f"{label:<22}{row['quantization']:>9}{_kb(row['size_bytes']):>9}"
-              f"{100 * row['keras_accuracy']:>10.2f}%{100 * row['accuracy']:>9.2f}%"
-              f"{100 * row['top1_agreement']:>8.2f}%")
+        print(
+            f"{label:<22}{row['quantization']:>9}{_kb(row['size_bytes']):>9}"
+            f"{100 * row['keras_accuracy']:>10.2f}%{100 * row['accuracy']:>9.2f}%"
+            f"{100 * row['top1_agreement']:>8.2f}%"
+        )
     print()
     print("pruning-aware distillation (sizes in KB; gz: gzipped)")
-    header = (f"{'sparsity':<10}{'measured':>9}{'fp32 acc':>10}{'fp32':>8}"
-              f"{'fp32 gz':>9}{'int8 acc':>10}{'int8':>8}{'int8 gz':>9}")
+    header = (
+        f"{'sparsity':<10}{'measured':>9}{'fp32 acc':>10}{'fp32':>8}"
+        f"{'fp32 gz':>9}{'int8 acc':>10}{'int8':>8}{'int8 gz':>9}"
+    )
     print(header)
     print("-" * len(header))
     dense_f, dense_q = int8["float32"], int8["ptq"]
-    print(f"{'dense':<10}{0.0:>8.1f}%{100 * dense_f['accuracy']:>9.2f}%"
-          f"{_kb(dense_f['size_bytes']):>8}{_kb(dense_f['gzipped_bytes']):>9}"
-          f"{100 * dense_q['accuracy']:>9.2f}%{_kb(dense_q['size_bytes']):>8}"
-          f"{_kb(dense_q['gzipped_bytes']):>9}")
+    print(
+        f"{'dense':<10}{0.0:>8.1f}%{100 * dense_f['accuracy']:>9.2f}%"
+        f"{_kb(dense_f['size_bytes']):>8}{_kb(dense_f['gzipped_bytes']):>9}"
+        f"{100 * dense_q['accuracy']:>9.2f}%{_kb(dense_q['size_bytes']):>8}"
+        f"{_kb(dense_q['gzipped_bytes']):>9}"
+    )
     for name, row in results["pruning"].items():
         f, q = row["float32"], row["int8"]
-        print(f"{name:<10}{100 * row['sparsity']:>8.1f}%{100 * f['accuracy']:>9.2f}%"
-              f"{_kb(f['size_bytes']):>8}{_kb(f['gzipped_bytes']):>9}"
-              f"{100 * q['accuracy']:>9.2f}%{_kb(q['size_bytes']):>8}"
-              f"{_kb(q['gzipped_bytes']):>9}")
+        print(
+            f"{name:<10}{100 * row['sparsity']:>8.1f}%{100 * f['accuracy']:>9.2f}%"
+            f"{_kb(f['size_bytes']):>8}{_kb(f['gzipped_bytes']):>9}"
+            f"{100 * q['accuracy']:>9.2f}%{_kb(q['size_bytes']):>8}"
+            f"{_kb(q['gzipped_bytes']):>9}"
+        )
     print(f"wall time {results['wall_time_s']:.0f} s")
 
 
@@ -279,39 +260,73 @@ def _build_parser() -> argparse.ArgumentParser:
         "sparsity, on MNIST. " + NEEDS_LEGACY.replace("%", "%%"),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--dataset", choices=["mnist", "digits"], default="mnist",
-                        help="MNIST from tfds, or scikit-learn's 8x8 digits "
-                        "(offline, seconds)")
-    parser.add_argument("--data-dir", default=None,
-                        help="TFDS data dir holding MNIST (None: download)")
-    parser.add_argument("--out-dir", default=os.path.join("runs", "qat_distillation"),
-                        help="where the .tflite files are written")
-    parser.add_argument("--max-train", type=int, default=None,
-                        help="train on at most this many images (None: all)")
+    parser.add_argument(
+        "--dataset",
+        choices=["mnist", "digits"],
+        default="mnist",
+        help="MNIST from tfds, or scikit-learn's 8x8 digits (offline, seconds)",
+    )
+    parser.add_argument(
+        "--data-dir", default=None, help="TFDS data dir holding MNIST (None: download)"
+    )
+    parser.add_argument(
+        "--out-dir",
+        default=os.path.join("runs", "qat_distillation"),
+        help="where the .tflite files are written",
+    )
+    parser.add_argument(
+        "--max-train",
+        type=int,
+        default=None,
+        help="train on at most this many images (None: all)",
+    )
     parser.add_argument("--teacher-epochs", type=int, default=3)
-    parser.add_argument("--student-epochs", type=int, default=3,
-                        help="epochs of float distillation before PTQ / QAT")
-    parser.add_argument("--finetune-epochs", type=int, default=1,
-                        help="epochs of quantization-aware distillation (and "
-                        "of the PTQ, same-epochs baseline)")
-    parser.add_argument("--prune-epochs", type=int, default=2,
-                        help="epochs of pruning-aware distillation")
-    parser.add_argument("--prune-end-fraction", type=float, default=0.7,
-                        help="share of the pruning epochs after which the "
-                        "target sparsity is reached")
+    parser.add_argument(
+        "--student-epochs",
+        type=int,
+        default=3,
+        help="epochs of float distillation before PTQ / QAT",
+    )
+    parser.add_argument(
+        "--finetune-epochs",
+        type=int,
+        default=1,
+        help="epochs of quantization-aware distillation (and "
+        "of the PTQ, same-epochs baseline)",
+    )
+    parser.add_argument(
+        "--prune-epochs",
+        type=int,
+        default=2,
+        help="epochs of pruning-aware distillation",
+    )
+    parser.add_argument(
+        "--prune-end-fraction",
+        type=float,
+        default=0.7,
+        help="share of the pruning epochs after which the target sparsity is reached",
+    )
     parser.add_argument("--sparsities", type=float, nargs="+", default=[0.5, 0.8])
     parser.add_argument("--temperature", type=float, default=4.0)
-    parser.add_argument("--alpha", type=float, default=0.5,
-                        help="weight of the distillation term "
-                        "(1 - alpha weights the hard labels)")
+    parser.add_argument(
+        "--alpha",
+        type=float,
+        default=0.5,
+        help="weight of the distillation term (1 - alpha weights the hard labels)",
+    )
     parser.add_argument("--learning-rate", type=float, default=1e-3)
-    parser.add_argument("--finetune-learning-rate", type=float, default=2e-4,
-                        help="learning rate of the QAT and pruning phases")
+    parser.add_argument(
+        "--finetune-learning-rate",
+        type=float,
+        default=2e-4,
+        help="learning rate of the QAT and pruning phases",
+    )
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--calibration-samples", type=int, default=500)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--verbose", action="store_true",
-                        help="show Keras's per-epoch logs")
+    parser.add_argument(
+        "--verbose", action="store_true", help="show Keras's per-epoch logs"
+    )
     return parser
 
 
@@ -342,14 +357,21 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     start = time.perf_counter()
     os.makedirs(args.out_dir, exist_ok=True)
-    train_ds, steps_per_epoch, test = load_data(
-        args.dataset, args.data_dir, args.max_train, args.batch_size
+    (x_train, y_train), test, num_classes, _ = data.load_image_classification(
+        args.dataset, data_dir=args.data_dir, max_train=args.max_train
     )
+    train_ds = data.to_dataset(
+        x_train, y_train, args.batch_size, shuffle=True, shuffle_buffer=10_000
+    )
+    steps_per_epoch = int(np.ceil(len(x_train) / args.batch_size))
     input_shape = test[0].shape[1:]
     verbose = 2 if args.verbose else 0
 
+    # The teacher and the student of examples/deploy_tflite.py.
     keras.utils.set_random_seed(args.seed)
-    teacher = build_teacher(input_shape)
+    teacher = models.mlp(
+        input_shape, num_classes, hidden=(512, 512), dropout=0.3, name="teacher"
+    )
     teacher.compile(
         optimizer=keras.optimizers.Adam(args.learning_rate),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -357,8 +379,12 @@ def main(argv=None) -> dict:
     )
     teacher.fit(train_ds, epochs=args.teacher_epochs, verbose=verbose)
     keras.utils.set_random_seed(args.seed + 1)
-    student = distill(teacher, build_student(input_shape), train_ds,
-                      args.student_epochs, args.learning_rate, args)
+    student = models.strided_cnn(
+        input_shape, num_classes, filters=16, hidden=64, name="student"
+    )
+    student = distill(
+        teacher, student, train_ds, args.student_epochs, args.learning_rate, args
+    )
 
     results = {
         "dataset": args.dataset,
@@ -367,8 +393,9 @@ def main(argv=None) -> dict:
         "student_params": int(student.count_params()),
         "n_test": int(len(test[1])),
         "int8": run_int8(teacher, student, train_ds, test, args.out_dir, args),
-        "pruning": run_pruning(teacher, student, train_ds, steps_per_epoch,
-                               test, args.out_dir, args),
+        "pruning": run_pruning(
+            teacher, student, train_ds, steps_per_epoch, test, args.out_dir, args
+        ),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
     }
     results["wall_time_s"] = time.perf_counter() - start

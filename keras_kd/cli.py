@@ -21,52 +21,41 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
-def _teacher_cnn(keras, input_shape, n_classes):
-    return keras.Sequential(
-        [
-            keras.Input(input_shape),
-            keras.layers.Conv2D(32, 3, padding="same", activation="relu"),
-            keras.layers.Conv2D(64, 3, padding="same", activation="relu"),
-            keras.layers.MaxPooling2D(2),
-            keras.layers.Dropout(0.25),
-            keras.layers.Flatten(),
-            keras.layers.Dense(128, activation="relu"),
-            keras.layers.Dropout(0.5),
-            keras.layers.Dense(n_classes),
-        ],
-        name="teacher_cnn",
-    )
-
-
-def _student_mlp(keras, input_shape, n_classes, hidden):
-    return keras.Sequential(
-        [
-            keras.Input(input_shape),
-            keras.layers.Flatten(),
-            keras.layers.Dense(hidden, activation="relu"),
-            keras.layers.Dense(n_classes),
-        ],
-        name="student_mlp",
-    )
-
-
 def _load(args):
     from keras_kd import data
 
     (x_tr, y_tr), (x_te, y_te), n_classes, source = data.load_image_classification(
-        args.dataset, data_dir=args.data_dir, max_train=args.max_train,
-        max_test=args.max_test, seed=args.seed,
+        args.dataset,
+        data_dir=args.data_dir,
+        max_train=args.max_train,
+        max_test=args.max_test,
+        seed=args.seed,
     )
     return x_tr, y_tr, x_te, y_te, n_classes, source
 
 
 def run_demo(args) -> dict:
-    """Runs the demo described by parsed `args`; returns its figures."""
+    """Runs the demo described by parsed `args`.
+
+    Args:
+        args: the parsed `keras-kd demo` command line.
+
+    Returns:
+        A dict with `rows` (one per model and `.tflite` file: `model`,
+        `params`, `accuracy`, `agreement` with the teacher, `size_bytes`,
+        `latency_ms`), `seconds` of training, the `dataset`, the `out_dir`
+        holding the `.tflite` files and the trained Keras `models`
+        (`teacher`, `scratch`, `student`).
+    """
     import numpy as np
 
     import keras_kd as kd
+    from keras_kd import models
     from keras_kd.backend import keras
 
+    # Made before training, so that a directory that cannot be made fails fast.
+    out_dir = args.out_dir or tempfile.mkdtemp(prefix="keras-kd-demo-")
+    os.makedirs(out_dir, exist_ok=True)
     keras.utils.set_random_seed(args.seed)
     x_tr, y_tr, x_te, y_te, n_classes, source = _load(args)
     print(
@@ -79,21 +68,30 @@ def run_demo(args) -> dict:
     start = time.perf_counter()
 
     print(f"\n[1/3] Teacher: CNN, {args.teacher_epochs} epochs")
-    teacher = _teacher_cnn(keras, shape, n_classes)
+    teacher = models.cnn(shape, n_classes, name="teacher_cnn")
     teacher.compile(
         optimizer=keras.optimizers.Adam(1e-3), loss=hard, metrics=["accuracy"]
     )
     teacher.fit(
-        x_tr, y_tr, epochs=args.teacher_epochs, batch_size=args.batch_size,
+        x_tr,
+        y_tr,
+        epochs=args.teacher_epochs,
+        batch_size=args.batch_size,
         verbose=verbose,
     )
 
-    print(f"\n[2/3] Student from scratch: MLP({args.student_hidden}), {args.epochs} epochs")
+    print(
+        f"\n[2/3] Student from scratch: MLP({args.student_hidden}), "
+        f"{args.epochs} epochs"
+    )
     keras.utils.set_random_seed(args.seed + 1)
-    scratch = _student_mlp(keras, shape, n_classes, args.student_hidden)
+    scratch = models.mlp(
+        shape, n_classes, hidden=args.student_hidden, name="student_mlp"
+    )
     initial = scratch.get_weights()
     scratch.compile(
-        optimizer=keras.optimizers.Adam(args.learning_rate), loss=hard,
+        optimizer=keras.optimizers.Adam(args.learning_rate),
+        loss=hard,
         metrics=["accuracy"],
     )
     scratch.fit(
@@ -105,7 +103,9 @@ def run_demo(args) -> dict:
         f"epochs, T={args.temperature}, alpha={args.alpha}"
     )
     keras.utils.set_random_seed(args.seed + 1)
-    student = _student_mlp(keras, shape, n_classes, args.student_hidden)
+    student = models.mlp(
+        shape, n_classes, hidden=args.student_hidden, name="student_mlp"
+    )
     student.set_weights(initial)
     distiller = kd.Distiller(teacher=teacher, student=student)
     distiller.compile(
@@ -127,26 +127,47 @@ def run_demo(args) -> dict:
         ("student, from scratch", scratch),
         ("student, distilled", student),
     ):
-        rows.append(_row(label, model.count_params(),
-                         model.predict(x_te, verbose=0), y_te, teacher_pred))
+        rows.append(
+            _row(
+                label,
+                model.count_params(),
+                model.predict(x_te, verbose=0),
+                y_te,
+                teacher_pred,
+            )
+        )
 
-    out_dir = args.out_dir or tempfile.mkdtemp(prefix="keras-kd-demo-")
     print(f"\nExporting the distilled student to LiteRT (.tflite) in {out_dir}")
     for quantization in ("float32", "int8"):
         path = os.path.join(out_dir, f"student_{quantization}.tflite")
         report = kd.export.to_tflite(
-            student, path, quantization=quantization,
-            representative_data=x_tr, verify_data=x_te,
+            student,
+            path,
+            quantization=quantization,
+            representative_data=x_tr,
+            verify_data=x_te,
         )
         print(f"  {report}")
-        rows.append(_row(
-            f"distilled, .tflite {quantization}", report.num_params,
-            kd.export.predict_tflite(path, x_te), y_te, teacher_pred,
-            size=report.size_bytes, latency_ms=report.latency_ms,
-        ))
+        rows.append(
+            _row(
+                f"distilled, .tflite {quantization}",
+                report.num_params,
+                kd.export.predict_tflite(path, x_te),
+                y_te,
+                teacher_pred,
+                size=report.size_bytes,
+                latency_ms=report.latency_ms,
+            )
+        )
     print(f"\nTest set: {len(x_te)} images; trained in {seconds:.0f} s.\n")
     print(_table(rows))
-    return {"rows": rows, "seconds": seconds, "dataset": source, "out_dir": out_dir}
+    return {
+        "rows": rows,
+        "seconds": seconds,
+        "dataset": source,
+        "out_dir": out_dir,
+        "models": {"teacher": teacher, "scratch": scratch, "student": student},
+    }
 
 
 def _row(label, params, outputs, y, teacher_pred, size=None, latency_ms=None):
@@ -164,8 +185,10 @@ def _row(label, params, outputs, y, teacher_pred, size=None, latency_ms=None):
 
 
 def _table(rows) -> str:
-    header = (f"{'model':<28}{'params':>9}{'file size':>11}{'test accuracy':>15}"
-              f"{'agreement w/ teacher':>22}{'latency/image':>15}")
+    header = (
+        f"{'model':<28}{'params':>9}{'file size':>11}{'test accuracy':>15}"
+        f"{'agreement w/ teacher':>22}{'latency/image':>15}"
+    )
     lines = [header, "-" * len(header)]
     for r in rows:
         size = f"{r['size_bytes'] / 1024:.1f} KiB" if r["size_bytes"] else "-"
@@ -200,7 +223,8 @@ def _build_parser() -> argparse.ArgumentParser:
         ),
     )
     demo.add_argument(
-        "--dataset", default="digits",
+        "--dataset",
+        default="digits",
         help="'digits' (bundled with scikit-learn) or a tfds image "
         "classification name such as 'mnist' (default: digits)",
     )
@@ -209,19 +233,40 @@ def _build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--epochs", type=_positive_int, default=60, help="student epochs")
     demo.add_argument("--student-hidden", type=_positive_int, default=32)
     demo.add_argument("--temperature", type=float, default=8.0)
-    demo.add_argument("--alpha", type=float, default=0.9,
-                      help="weight of the distillation term (default 0.9)")
+    demo.add_argument(
+        "--alpha",
+        type=float,
+        default=0.9,
+        help="weight of the distillation term (default 0.9)",
+    )
     demo.add_argument("--learning-rate", type=float, default=1e-2)
     demo.add_argument("--batch-size", type=_positive_int, default=64)
-    demo.add_argument("--max-train", type=_positive_int, default=None,
-                      help="use at most this many training images (tfds)")
-    demo.add_argument("--max-test", type=_positive_int, default=None)
-    demo.add_argument("--out-dir", default=None,
-                      help="where to write the .tflite files (default: a new "
-                      "temporary directory, printed)")
+    demo.add_argument(
+        "--max-train",
+        type=_positive_int,
+        default=None,
+        help="use at most this many training images",
+    )
+    demo.add_argument(
+        "--max-test",
+        type=_positive_int,
+        default=None,
+        help="use at most this many test images",
+    )
+    demo.add_argument(
+        "--out-dir",
+        default=None,
+        help="where to write the .tflite files (default: a new "
+        "temporary directory, printed)",
+    )
     demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--verbose", type=int, default=1, choices=[0, 1, 2],
-                      help="Keras progress output (default 1: progress bars)")
+    demo.add_argument(
+        "--verbose",
+        type=int,
+        default=1,
+        choices=[0, 1, 2],
+        help="Keras progress output (default 1: progress bars)",
+    )
     return parser
 
 
@@ -233,7 +278,9 @@ def main(argv=None) -> int:
         if not 0.0 <= args.alpha <= 1.0:
             parser.error(f"--alpha must be between 0 and 1, got {args.alpha}")
         if args.temperature <= 0:
-            parser.error(f"--temperature must be greater than 0, got {args.temperature}")
+            parser.error(
+                f"--temperature must be greater than 0, got {args.temperature}"
+            )
         run_demo(args)
     return 0
 

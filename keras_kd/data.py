@@ -4,13 +4,19 @@ The demo data set is scikit-learn's handwritten digits (1,797 real 8x8
 images, UCI ML hand-written digits), which ships inside scikit-learn, so the
 demo runs offline. Any tfds image-classification data set can be loaded as
 numpy arrays too (`load_tfds_image_classification`); tfds downloads it on a
-user's machine, or reads it from `data_dir`.
+user's machine, or reads it from `data_dir`. `load_image_classification` is
+the one entry point of the examples and the demo, so they all report on the
+test sets defined here; `split_validation` holds out part of a training set
+for choosing hyperparameters, and `to_dataset` makes a `tf.data` pipeline.
 """
 
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 
+from keras_kd._utils import check_int, check_number
 from keras_kd.backend import tf
 
 
@@ -121,19 +127,37 @@ def load_image_classification(
 ):
     """The bundled digits (`name="digits"`) or any tfds image set, as arrays.
 
+    This is the one data path of keras-kd's examples, demo and benchmarks:
+    each reports on the test set defined here (for digits, the stratified
+    split of `load_digits(seed=seed)`; for tfds, the set's `"test"` split).
+
     Args:
         name: `"digits"` (scikit-learn's, offline) or a tfds name such as
             `"mnist"`.
         data_dir: tfds data dir (ignored for digits).
-        max_train: keep at most this many training images (tfds only).
-        max_test: keep at most this many test images (tfds only).
-        seed: seed of the digits' train / test split.
+        max_train: keep at most this many training images, the first ones
+            (None: all).
+        max_test: keep at most this many test images, the first ones
+            (None: all).
+        seed: seed of the digits' train / test split (ignored for tfds).
 
     Returns:
         `((x_train, y_train), (x_test, y_test), num_classes, description)`.
+
+    Example:
+
+    >>> from keras_kd import data
+    >>> train, test, num_classes, source = data.load_image_classification()
+    >>> len(test[0]), num_classes, source
+    (450, 10, 'scikit-learn digits (8x8)')
     """
+    for argument, value in (("max_train", max_train), ("max_test", max_test)):
+        if value is not None:
+            check_int(value, argument, 1, "images to keep")
     if name == "digits":
-        train, test = load_digits(seed=seed)
+        (x_tr, y_tr), (x_te, y_te) = load_digits(seed=seed)
+        train = (x_tr[:max_train], y_tr[:max_train])
+        test = (x_te[:max_test], y_te[:max_test])
         return train, test, 10, "scikit-learn digits (8x8)"
     train, test, info = load_tfds_image_classification(
         name, data_dir=data_dir, max_train=max_train, max_test=max_test
@@ -141,11 +165,98 @@ def load_image_classification(
     return train, test, info.features["label"].num_classes, f"tfds {name}"
 
 
-def to_dataset(x, y=None, batch_size: int = 32, shuffle: bool = False, seed: int = 0):
-    """A batched, prefetched `tf.data.Dataset` from numpy arrays."""
+def split_validation(x, y, size: int | float):
+    """Holds out the last examples of a training set for validation.
+
+    Use it to choose hyperparameters without looking at the test set. Like
+    `fit(validation_split=...)` in Keras, it takes the last examples, before
+    any shuffling: shuffle first if the set is ordered (the training sets of
+    `load_image_classification` are not sorted by class).
+
+    Args:
+        x: the training inputs, an array with examples on the first axis.
+        y: the training labels, as many as `x`.
+        size: the number of examples to hold out (an int), or their share
+            of the set (a float strictly between 0 and 1, rounded to the
+            nearest count).
+
+    Returns:
+        `((x_fit, y_fit), (x_val, y_val))`: the first examples to train on
+        and the held-out last ones.
+
+    Example:
+
+    >>> from keras_kd import data
+    >>> (x_train, y_train), _ = data.load_digits()
+    >>> (x_fit, y_fit), (x_val, y_val) = data.split_validation(
+    ...     x_train, y_train, 300)
+    >>> len(x_fit), len(x_val)
+    (1047, 300)
+    """
+    n = len(x)
+    if len(y) != n:
+        raise ValueError(
+            "Arguments `x` and `y` must hold as many examples. Received: "
+            f"len(x)={n}, len(y)={len(y)}."
+        )
+    if isinstance(size, numbers.Integral) and not isinstance(size, (bool, np.bool_)):
+        count = check_int(size, "size", 1, "examples to hold out")
+    else:
+        share = check_number(
+            size,
+            "size",
+            0.0,
+            1.0,
+            low_open=True,
+            high_open=True,
+            what="the share of examples to hold out",
+        )
+        count = int(round(share * n))
+    if not 0 < count < n:
+        raise ValueError(
+            f"Argument `size` must leave at least one example on each side of "
+            f"the split of {n} examples. Received: size={size!r} "
+            f"({count} held out)."
+        )
+    return (x[:-count], y[:-count]), (x[-count:], y[-count:])
+
+
+def to_dataset(
+    x,
+    y=None,
+    batch_size: int = 32,
+    shuffle: bool = False,
+    seed: int = 0,
+    shuffle_buffer: int | None = None,
+):
+    """A batched, prefetched `tf.data.Dataset` from numpy arrays.
+
+    Args:
+        x: the inputs, an array with examples on the first axis.
+        y: the labels (None: a dataset of inputs only).
+        batch_size: examples per batch; the last batch may be smaller.
+        shuffle: whether to shuffle the examples, again each epoch.
+        seed: seed of the shuffle.
+        shuffle_buffer: examples in `tf.data`'s shuffle buffer (None: all
+            of them, a uniform shuffle); a smaller buffer shuffles only
+            locally but holds fewer examples.
+
+    Returns:
+        A `tf.data.Dataset` of `(x, y)` batches (or `x` batches).
+
+    Example:
+
+    >>> from keras_kd import data
+    >>> (x_train, y_train), _ = data.load_digits()
+    >>> train_ds = data.to_dataset(x_train, y_train, 64, shuffle=True)
+    """
+    batch_size = check_int(batch_size, "batch_size", 1, "examples per batch")
+    if shuffle_buffer is not None:
+        shuffle_buffer = check_int(shuffle_buffer, "shuffle_buffer", 1, "examples")
     ds = tf.data.Dataset.from_tensor_slices(x if y is None else (x, y))
     if shuffle:
-        ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+        buffer = len(x) if shuffle_buffer is None else min(shuffle_buffer, len(x))
+        ds = ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
@@ -153,5 +264,6 @@ __all__ = [
     "load_digits",
     "load_image_classification",
     "load_tfds_image_classification",
+    "split_validation",
     "to_dataset",
 ]

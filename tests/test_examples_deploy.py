@@ -2,10 +2,13 @@
 
 import importlib.util
 import os
+import warnings
 
+import numpy as np
 import pytest
 
 from conftest import keras3_only, legacy_only
+from keras_kd import data
 
 EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(__file__)), "examples")
 
@@ -17,6 +20,41 @@ def _load(name):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def litert_outputs(path, x):
+    """Float outputs of a `.tflite` file on `x`, run by the plain tensor API.
+
+    An independent route to keras-kd's own runner (which uses signature
+    runners): one batched invocation, quantizing an int8 input and
+    dequantizing an int8 output by the scales stored in the file.
+    """
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:  # pragma: no cover - depends on the install
+        import tensorflow as tf
+
+        Interpreter = tf.lite.Interpreter
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        interpreter = Interpreter(model_path=os.fspath(path))
+    (inp,) = interpreter.get_input_details()
+    interpreter.resize_tensor_input(inp["index"], (len(x),) + x.shape[1:])
+    interpreter.allocate_tensors()
+    (inp,) = interpreter.get_input_details()
+    (out,) = interpreter.get_output_details()
+    x = np.asarray(x, np.float32)
+    if inp["dtype"] != np.float32:
+        scale, zero_point = inp["quantization"]
+        info = np.iinfo(inp["dtype"])
+        x = np.clip(np.round(x / scale + zero_point), info.min, info.max)
+    interpreter.set_tensor(inp["index"], x.astype(inp["dtype"]))
+    interpreter.invoke()
+    y = interpreter.get_tensor(out["index"]).astype(np.float64)
+    if out["dtype"] != np.float32:
+        scale, zero_point = out["quantization"]
+        y = (y - zero_point) * scale
+    return y
 
 
 @pytest.mark.parametrize("name", ["deploy_tflite", "qat_distillation"])
@@ -31,16 +69,32 @@ def test_examples_answer_help(name, capsys):
 
 
 def test_deploy_tflite_exports_every_mode_on_digits(tmp_path, capsys):
-    results = _load("deploy_tflite").main([
-        "--dataset", "digits", "--out-dir", str(tmp_path),
-        "--teacher-epochs", "2", "--student-epochs", "2", "--batch-size", "64",
-        "--calibration-samples", "64", "--latency-runs", "3",
-    ])
+    argv = (
+        "--dataset digits --teacher-epochs 2 --student-epochs 2 --batch-size 64 "
+        "--learning-rate 0.01 --calibration-samples 64 --latency-runs 3"
+    ).split()
+    results = _load("deploy_tflite").main(argv + ["--out-dir", str(tmp_path)])
+    # The test set is the one kd.data defines, loaded here independently.
+    _, (x_test, y_test) = data.load_digits()
+    assert results["n_test"] == len(y_test)
+    # 10 classes: chance is 10%; two epochs of a working training are far above.
+    assert results["teacher_accuracy"] > 0.75
+    assert results["student_accuracy"] > 0.75
     modes = results["modes"]
     assert list(modes) == ["float32", "float16", "dynamic", "int8", "int8_io"]
     for name, row in modes.items():
         assert os.path.isfile(row["path"]), name
-        assert 0.0 <= row["accuracy"] <= 1.0 and row["latency_ms"] > 0
+        assert row["latency_ms"] > 0
+        # The reported accuracy is that of the saved file's predictions.
+        pred = litert_outputs(row["path"], x_test).argmax(-1)
+        assert row["accuracy"] == pytest.approx(np.mean(pred == y_test)), name
+        assert row["accuracy_drop_points"] == pytest.approx(
+            100 * (results["student_accuracy"] - row["accuracy"])
+        )
+        # A file that disagrees with the student on a share d of the images
+        # cannot differ from its accuracy by more than d.
+        drop = abs(results["student_accuracy"] - row["accuracy"])
+        assert drop <= 1.0 - row["top1_agreement"] + 1e-9, name
     assert modes["float32"]["max_abs_diff"] <= 1e-5
     assert modes["float32"]["top1_agreement"] == 1.0
     assert modes["float32"]["accuracy"] == pytest.approx(results["student_accuracy"])
@@ -64,17 +118,29 @@ def test_qat_example_explains_it_needs_tf_keras(tmp_path, capsys):
 
 @legacy_only
 def test_qat_example_compares_ptq_qat_and_pruning_on_digits(tmp_path, capsys):
-    results = _load("qat_distillation").main([
-        "--dataset", "digits", "--out-dir", str(tmp_path),
-        "--teacher-epochs", "2", "--student-epochs", "2", "--batch-size", "64",
-        "--calibration-samples", "64", "--sparsities", "0.5", "0.8",
-    ])
+    argv = (
+        "--dataset digits --teacher-epochs 2 --student-epochs 2 --batch-size 64 "
+        "--learning-rate 0.01 --calibration-samples 64 --sparsities 0.5 0.8"
+    ).split()
+    results = _load("qat_distillation").main(argv + ["--out-dir", str(tmp_path)])
+    _, (x_test, y_test) = data.load_digits()
+    assert results["n_test"] == len(y_test)
+    assert results["teacher_accuracy"] > 0.75
+    assert results["student_accuracy"] > 0.75
     int8 = results["int8"]
     assert set(int8) == {"float32", "ptq", "ptq_same_epochs", "qat"}
     for key in ("ptq", "ptq_same_epochs", "qat"):
         assert int8[key]["quantization"] == "int8"
         assert int8[key]["size_bytes"] < 0.5 * int8["float32"]["size_bytes"]
         assert os.path.isfile(int8[key]["path"])
+    rows = list(int8.values()) + [
+        row[q] for row in results["pruning"].values() for q in ("float32", "int8")
+    ]
+    for row in rows:
+        pred = litert_outputs(row["path"], x_test).argmax(-1)
+        assert row["accuracy"] == pytest.approx(np.mean(pred == y_test)), row["path"]
+        assert row["accuracy"] > 0.6, row["path"]
+    assert int8["float32"]["accuracy"] == pytest.approx(results["student_accuracy"])
     assert set(results["pruning"]) == {"50%", "80%"}
     for row in results["pruning"].values():
         assert row["sparsity"] == pytest.approx(row["target_sparsity"], abs=0.02)
