@@ -20,20 +20,23 @@ import sys as _sys
 if _os.path.basename(_sys.argv[0] if _sys.argv else "").startswith("keras-kd"):
     _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from keras_kd import backend  # noqa: E402
-from keras_kd import callbacks  # noqa: E402
-from keras_kd import data  # noqa: E402
-from keras_kd import export  # noqa: E402
-from keras_kd import losses  # noqa: E402
-from keras_kd import optimize  # noqa: E402
-from keras_kd.distiller import Distiller  # noqa: E402
-from keras_kd.online import MutualLearning  # noqa: E402
+from keras_kd import (
+    backend,
+    callbacks,
+    data,
+    export,
+    losses,
+    optimize,
+)
+from keras_kd.distiller import Distiller
+from keras_kd.online import MutualLearning, OnlineDistiller
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Distiller",
     "MutualLearning",
+    "OnlineDistiller",
     "backend",
     "callbacks",
     "data",

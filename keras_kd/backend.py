@@ -10,7 +10,9 @@ keras-kd works with two flavours of Keras on TensorFlow:
   needs.
 
 Every other module of keras-kd takes `keras` from here, so one process never
-mixes the two.
+mixes the two. The training steps' differences between the flavours (loss
+scaling, per-replica scaling) and the few Keras internals keras-kd relies on
+live here too, each in one function.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ LEGACY = use_legacy_keras()
 
 if LEGACY:
     try:
-        import tf_keras as keras  # noqa: F401
+        import tf_keras as keras
     except ImportError as e:  # pragma: no cover - depends on the install
         raise ImportError(
             "TF_USE_LEGACY_KERAS=1 is set, so keras-kd uses tf_keras, which is "
@@ -41,7 +43,7 @@ if LEGACY:
         ) from e
     FLAVOUR = "tf_keras"
 else:
-    import keras  # noqa: F401
+    import keras
 
     FLAVOUR = "keras3"
 
@@ -73,13 +75,125 @@ def num_replicas() -> int:
     return tf.distribute.get_strategy().num_replicas_in_sync
 
 
+def regularization_loss(model):
+    """The sum of `model.losses` in float32, scaled as Keras scales it.
+
+    Under a `tf.distribute` strategy each replica's loss is divided by the
+    number of replicas, because the replicas' gradients are summed; Keras
+    does this for the regularization losses too, in both flavours.
+
+    Args:
+        model: a `keras.Model` (or layer) whose `losses` to add up.
+
+    Returns:
+        A float32 scalar; 0 when `model` has no losses.
+    """
+    losses = [tf.cast(tf.reduce_sum(loss), tf.float32) for loss in model.losses]
+    if not losses:
+        return tf.zeros((), tf.float32)
+    total = tf.add_n(losses)
+    replicas = num_replicas()
+    return total / float(replicas) if replicas > 1 else total
+
+
+def minimize(optimizer, loss, variables, tape) -> None:
+    """One optimizer step on `variables` from the gradients `tape` recorded.
+
+    Under `mixed_float16` the loss is scaled (and the gradients unscaled) by
+    the loss-scale optimizer that `compile` installs, in either flavour.
+
+    Args:
+        optimizer: the optimizer to apply the gradients with.
+        loss: the scalar loss, computed under `tape`.
+        variables: the variables to update.
+        tape: the `tf.GradientTape` that recorded `loss`.
+    """
+    if LEGACY:
+        optimizer.minimize(loss, variables, tape=tape)
+        return
+    with tape:
+        scaled = optimizer.scale_loss(loss)
+    gradients = tape.gradient(scaled, variables)
+    optimizer.apply_gradients(zip(gradients, variables))
+
+
+# ---------------------------------------------------------------------------
+# Keras internals keras-kd depends on: each use of one lives in one function
+# here. tests/test_distiller.py::test_keras_internals_the_distiller_relies_on
+# fails with the reason the day Keras moves them.
+# ---------------------------------------------------------------------------
+
+
+def compiled_loss(model):
+    """The loss container `compile` built from its `loss` argument.
+
+    Keras's own container is used so that lists, dicts and `loss_weights`
+    mean what they mean in `keras.Model.compile`. tf_keras exposes it as
+    `Model.compiled_loss`. Keras 3 keeps it private (`Model._compile_loss`):
+    its public `compute_loss` adds the regularization losses of every
+    sublayer (a distiller's teacher's included), so it cannot give the
+    compiled loss alone.
+
+    Args:
+        model: a compiled `keras.Model`.
+
+    Returns:
+        A callable `(y, y_pred, sample_weight)` (tf_keras's also takes
+        `regularization_losses`).
+    """
+    attribute = "compiled_loss" if LEGACY else "_compile_loss"
+    if not hasattr(model, attribute):
+        raise RuntimeError(
+            "keras-kd evaluates the hard-label loss with the loss container "
+            f"that `compile` stores in `Model.{attribute}`, which this Keras "
+            f"({FLAVOUR} {keras.__version__}) does not have. keras-kd needs "
+            "updating for this Keras version; please report it."
+        )
+    return getattr(model, attribute)
+
+
+def is_keras_loss_tracker(metric) -> bool:
+    """Whether `metric` is the tracker Keras's own train step reports as "loss".
+
+    `compile` gives every model a `Mean` named "loss" (Keras 3's
+    `_loss_tracker`, tf_keras's `compiled_loss` total). A model whose steps
+    report their own total under that name leaves Keras's out of `metrics`,
+    told by its public name rather than by the private attribute holding it.
+
+    Args:
+        metric: a `keras.metrics.Metric`.
+    """
+    return metric.name == "loss"
+
+
+def allow_batch_mean_under_strategy(loss) -> None:
+    """Lets a tf_keras loss average over the batch inside a strategy.
+
+    tf_keras refuses the default `sum_over_batch_size` reduction inside a
+    `tf.distribute` strategy unless told that its caller divides by the
+    number of replicas, as `compile` does (through the loss's private
+    `_allow_sum_over_batch_size`). Callers of this function must divide too.
+    Keras 3 losses scale per replica themselves; there this does nothing.
+
+    Args:
+        loss: a `keras.losses.Loss`.
+    """
+    if LEGACY:
+        loss._allow_sum_over_batch_size = True
+
+
 __all__ = [
     "FLAVOUR",
     "LEGACY",
+    "allow_batch_mean_under_strategy",
     "check_tensorflow_backend",
+    "compiled_loss",
+    "is_keras_loss_tracker",
     "keras",
+    "minimize",
     "num_replicas",
     "register_serializable",
+    "regularization_loss",
     "tf",
     "use_legacy_keras",
 ]

@@ -29,9 +29,7 @@ def validate_temperature(temperature, argument: str = "temperature") -> float:
     Returns:
         The temperature as a Python float.
     """
-    if isinstance(temperature, bool) or not isinstance(
-        temperature, numbers.Real
-    ):
+    if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real):
         raise TypeError(
             f"Argument `{argument}` must be a positive number. "
             f"Received: {argument}={temperature!r} "
@@ -65,6 +63,72 @@ def softened_log_probs(values, temperature, from_logits: bool = True):
         values = _utils.log_probs(values)
     temperature = tf.cast(temperature, tf.float32)
     return tf.nn.log_softmax(values / temperature, axis=-1)
+
+
+class _FunctionLoss(keras.losses.Loss):
+    """A plain `fn(y_true, y_pred)` with Keras's reduction, sample weighting
+    and distribution scaling."""
+
+    def __init__(self, fn, name=None):
+        if name is None:
+            name = getattr(fn, "__name__", "")
+            if not name.isidentifier() or name == "<lambda>":
+                name = "loss"
+        super().__init__(name=name)
+        self.fn = fn
+
+    def call(self, y_true, y_pred):
+        return self.fn(y_true, y_pred)
+
+
+def as_loss(value, argument: str = "loss", example: str | None = None):
+    """A `keras.losses.Loss` from a loss, its name, or a function.
+
+    A function `fn(y_true, y_pred)` returning per-sample values (or a Keras
+    loss function found by name, such as `"kl_divergence"`) is wrapped so that
+    it gets Keras's reduction, sample weights and scaling under
+    `tf.distribute`, like any `keras.losses.Loss`.
+
+    Args:
+        value: a `keras.losses.Loss`, the name of a Keras loss, or a callable
+            `fn(y_true, y_pred)`.
+        argument: the argument's name, for error messages.
+        example: an example of a valid value, for error messages.
+
+    Returns:
+        A `keras.losses.Loss` (`value` itself when it is one).
+
+    Raises:
+        ValueError: `value` is a string that names no Keras loss.
+        TypeError: `value` is neither a loss, a name nor a callable.
+
+    Example:
+
+    >>> import numpy as np, keras_kd as kd
+    >>> loss = kd.losses.as_loss(lambda t, s: (t - s) ** 2)
+    >>> float(loss(np.array([[1.0]]), np.array([[3.0]])))
+    4.0
+    """
+    example = example or "keras_kd.losses.KLDivergence(temperature=4.0)"
+    if isinstance(value, keras.losses.Loss):
+        return value
+    if isinstance(value, str):
+        try:
+            found = keras.losses.get(value)
+        except (ValueError, TypeError) as e:
+            raise ValueError(
+                f"Argument `{argument}` names no Keras loss. Received: "
+                f"{argument}={value!r}. Expected a `keras.losses.Loss` such as "
+                f"`{example}`."
+            ) from e
+        return found if isinstance(found, keras.losses.Loss) else _FunctionLoss(found)
+    if callable(value) and not isinstance(value, (type, keras.Model)):
+        return _FunctionLoss(value)
+    raise TypeError(
+        f"Argument `{argument}` must be a `keras.losses.Loss`, its name, or a "
+        f"callable `fn(y_true, y_pred)`, e.g. `{example}`. Received: "
+        f"{argument}={value!r} of type {type(value).__name__}."
+    )
 
 
 class _SoftTargetLoss(keras.losses.Loss):
@@ -118,7 +182,9 @@ class _SoftTargetLoss(keras.losses.Loss):
         """
         if self._temperature_variable is None:
             self._temperature_variable = tf.Variable(
-                self._temperature, trainable=False, dtype=tf.float32,
+                self._temperature,
+                trainable=False,
+                dtype=tf.float32,
                 name="temperature",
             )
         return self._temperature_variable
@@ -262,10 +328,14 @@ class SoftTargetCrossEntropy(_SoftTargetLoss):
     @tf.autograph.experimental.do_not_convert  # plain tensor code, nothing to convert
     def call(self, y_true, y_pred):
         log_p_teacher, log_p_student, temperature = self._log_probs(y_true, y_pred)
-        cross_entropy = -tf.reduce_sum(
-            tf.exp(log_p_teacher) * log_p_student, axis=-1
-        )
+        cross_entropy = -tf.reduce_sum(tf.exp(log_p_teacher) * log_p_student, axis=-1)
         return cross_entropy * tf.square(tf.cast(temperature, tf.float32))
 
 
-__all__ = ["KLDivergence", "SoftTargetCrossEntropy", "softened_log_probs"]
+__all__ = [
+    "KLDivergence",
+    "SoftTargetCrossEntropy",
+    "as_loss",
+    "softened_log_probs",
+    "validate_temperature",
+]

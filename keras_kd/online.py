@@ -1,24 +1,174 @@
 """Online distillation: models that learn from each other while training.
 
-`MutualLearning` is Deep Mutual Learning (Zhang et al. 2018): a cohort of
-peers trained together, each on the hard labels and on the average of its
-peers' softened predictions. For a teacher and a student trained together
-see `Distiller(teacher, student, train_teacher=True)`.
+`OnlineDistiller` trains a teacher and a student together (what
+`Distiller(teacher, student, train_teacher=True)` builds). `MutualLearning`
+is Deep Mutual Learning (Zhang et al. 2018): a cohort of peers trained
+together, each on the hard labels and on the average of its peers' softened
+predictions.
 """
 
 from __future__ import annotations
 
-import math
+import warnings
 
-from keras_kd import backend
+from keras_kd import _utils, backend
 from keras_kd.backend import keras, register_serializable, tf
-from keras_kd.distiller import (
-    _CallableLoss,
-    _check_alpha,
-    _check_model,
-    output_is_probabilities,
-)
-from keras_kd.losses import softened_log_probs, validate_temperature
+from keras_kd.distiller import Distiller
+from keras_kd.ensemble import log_mean_probs
+from keras_kd.losses import as_loss, softened_log_probs, validate_temperature
+
+# ---------------------------------------------------------------------------
+# A teacher and a student
+# ---------------------------------------------------------------------------
+
+
+@register_serializable
+class OnlineDistiller(Distiller):
+    """A teacher and a student trained together (online distillation).
+
+    Like a `Distiller`, but the teacher learns too. In each step both run
+    once in training mode, and
+
+        student: alpha * distillation(teacher(x), student(x))
+                 + (1 - alpha) * loss(y, student(x))
+        teacher: teacher_alpha * distillation(student(x), teacher(x))
+                 + (1 - teacher_alpha) * loss(y, teacher(x))
+
+    where the model in the first argument of `distillation` is each time
+    the target, its gradient stopped. Both are minimised with the one
+    optimizer given to `compile` (each weight has its own optimizer state).
+    With `teacher_alpha=0` the teacher learns from the labels alone, as in a
+    plain `fit`; with `teacher_alpha > 0` the student is the teacher's
+    teacher too, as in Deep Mutual Learning.
+
+    `Distiller(teacher, student, train_teacher=True, teacher_alpha=...)`
+    returns one of these, and a Distiller saved with `train_teacher=True`
+    loads as one. History carries what a Distiller's does, plus
+    `teacher_loss`.
+
+    Args:
+        teacher: the `keras.Model` to train alongside the student.
+        student: a `keras.Model` whose outputs have the teacher's shapes.
+        train_teacher: must be True (it is accepted so that the arguments of
+            `Distiller(..., train_teacher=True)` build this class).
+        teacher_alpha: weight of the distillation term in the teacher's
+            loss, in [0, 1].
+        name: the model's name.
+        **kwargs: passed to `keras.Model`.
+
+    Example:
+
+    ```python
+    online = kd.OnlineDistiller(teacher=big_model, student=small_model,
+                                teacher_alpha=0.5)
+    online.compile(optimizer="adam",
+                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                   metrics=["accuracy"], alpha=0.5)
+    online.fit(x, y, epochs=5)
+    online.student.save("student.keras")
+    ```
+    """
+
+    train_teacher = True
+
+    def __init__(
+        self,
+        teacher=None,
+        student=None,
+        train_teacher: bool = True,
+        teacher_alpha: float = 0.0,
+        name="distiller",
+        **kwargs,
+    ):
+        if not _utils.check_bool(train_teacher, "train_teacher"):
+            raise ValueError(
+                "An OnlineDistiller always trains its teacher. Received: "
+                "train_teacher=False. Use `keras_kd.Distiller` for a frozen "
+                "teacher."
+            )
+        if teacher is None:
+            raise ValueError(
+                "Argument `train_teacher=True` needs a teacher to train. "
+                "Received: teacher=None."
+            )
+        teacher_alpha = _utils.check_alpha(teacher_alpha, "teacher_alpha")
+        super().__init__(
+            teacher=teacher, student=student, train_teacher=True, name=name, **kwargs
+        )
+        self.teacher_alpha = teacher_alpha
+        self.teacher_loss_tracker = keras.metrics.Mean(name="teacher_loss")
+
+    def compile(self, optimizer="rmsprop", loss=None, *args, **kwargs):
+        """Configures the training of both models: see `Distiller.compile`.
+
+        `loss` is required: the teacher learns from the labels.
+        """
+        if loss is None:
+            raise ValueError(
+                "Argument `loss` (the hard-label loss) is required with "
+                "`train_teacher=True`: the teacher learns from the labels. "
+                "Received: loss=None."
+            )
+        super().compile(optimizer, loss, *args, **kwargs)
+
+    def get_config(self):
+        config = super().get_config()
+        config["teacher_alpha"] = self.teacher_alpha
+        return config
+
+    @property
+    def loss_trackers(self):
+        return super().loss_trackers + [self.teacher_loss_tracker]
+
+    def train_step(self, data):
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        with tf.GradientTape() as tape:
+            teacher_output = self.teacher(x, training=True)
+            y_pred = self.student(x, training=True)
+            frozen_teacher = tf.nest.map_structure(tf.stop_gradient, teacher_output)
+            student_loss = self.compute_total_loss(
+                x, y, y_pred, frozen_teacher, sample_weight
+            )
+            teacher_loss = self.compute_teacher_loss(
+                x, y, teacher_output, y_pred, sample_weight
+            )
+            both = student_loss + teacher_loss  # on the tape
+        backend.minimize(self.optimizer, both, self.trainable_variables, tape)
+        return self.compute_metrics(x, y, y_pred, sample_weight)
+
+    def compute_teacher_loss(self, x, y, teacher_output, y_pred, sample_weight=None):
+        """The teacher's loss; updates the `teacher_loss` tracker.
+
+        Args:
+            x: the inputs (their batch size weights the tracker).
+            y: the labels.
+            teacher_output: the teacher's outputs, with their gradient.
+            y_pred: the student's outputs (their gradient is stopped here).
+            sample_weight: optional sample weights.
+
+        Returns:
+            A float32 scalar, scaled per replica under `tf.distribute`.
+        """
+        loss = self.compute_hard_loss(y, teacher_output, sample_weight)
+        if self.teacher_alpha > 0.0:
+            frozen_student = tf.nest.map_structure(tf.stop_gradient, y_pred)
+            towards_student = self.compute_distillation_loss(
+                teacher_output, frozen_student, sample_weight, reverse=True
+            )
+            loss = (
+                self.teacher_alpha * towards_student + (1.0 - self.teacher_alpha) * loss
+            )
+        loss = loss + backend.regularization_loss(self.teacher)
+        batch = tf.shape(tf.nest.flatten(x)[0])[0]
+        self.teacher_loss_tracker.update_state(
+            loss * float(backend.num_replicas()), sample_weight=batch
+        )
+        return loss
+
+
+# ---------------------------------------------------------------------------
+# A cohort of peers
+# ---------------------------------------------------------------------------
 
 
 def _accuracy(y_true, y_pred):
@@ -91,7 +241,7 @@ class MutualLearning(keras.Model):
                 f"Received: peers={peers!r}."
             )
         for i, peer in enumerate(peers):
-            _check_model(peer, f"peers[{i}]", allow_none=False)
+            _utils.check_model(peer, f"peers[{i}]", allow_none=False)
         if len({id(p) for p in peers}) != len(peers):
             raise ValueError(
                 "Argument `peers` must hold different models; the same model "
@@ -100,22 +250,34 @@ class MutualLearning(keras.Model):
         super().__init__(name=name, **kwargs)
         self.peers = list(peers)
         self._probs = [
-            (output_is_probabilities(p) or [False])[0] for p in self.peers
+            (_utils.output_is_probabilities(p) or [False])[0] for p in self.peers
         ]
         self._peer_optimizers = None
         self._peer_metrics = None
+        self._compile_arguments = None
         self.total_loss_tracker = keras.metrics.Mean(name="loss")
         self._peer_loss_trackers = [
             keras.metrics.Mean(name=f"peer_{i}_loss") for i in range(len(peers))
         ]
+        if backend.LEGACY:
+            # The step's logs are metric results, already the same on every
+            # replica; tf_keras would otherwise sum them across replicas.
+            self.distribute_reduction_method = "first"
         if all(getattr(p, "built", False) for p in peers):
             self.built = True
 
     def call(self, inputs, training=None):
         return self.peers[0](inputs, training=training)
 
-    def compile(self, optimizer="adam", loss=None, metrics=None, temperature=1.0,
-                alpha=0.5, **kwargs):
+    def compile(
+        self,
+        optimizer="adam",
+        loss=None,
+        metrics=None,
+        temperature=1.0,
+        alpha=0.5,
+        **kwargs,
+    ):
         """Configures the cohort.
 
         Args:
@@ -133,20 +295,13 @@ class MutualLearning(keras.Model):
                 "Received: loss=None."
             )
         self.temperature = validate_temperature(temperature)
-        self.alpha = _check_alpha(alpha)
-        hard = keras.losses.get(loss) if isinstance(loss, str) else loss
-        if not isinstance(hard, keras.losses.Loss):
-            if not callable(hard):
-                raise TypeError(
-                    "Argument `loss` must be a Keras loss (a `keras.losses.Loss`, "
-                    f"its name, or a callable). Received: loss={loss!r}."
-                )
-            hard = _CallableLoss(hard)
-        if backend.LEGACY:
-            # tf_keras refuses batch means under a strategy unless told that
-            # the caller scales per replica, as `_step` does.
-            hard._allow_sum_over_batch_size = True
+        self.alpha = _utils.check_alpha(alpha)
+        hard = as_loss(
+            loss, "loss", "keras.losses.SparseCategoricalCrossentropy(from_logits=True)"
+        )
+        backend.allow_batch_mean_under_strategy(hard)  # `_step` divides
         self._hard_loss = hard
+        self._compile_arguments = {"loss": loss, "metrics": metrics}
         optimizer = keras.optimizers.get(optimizer)
         self._peer_optimizers = [optimizer] + [
             optimizer.__class__.from_config(optimizer.get_config())
@@ -160,6 +315,30 @@ class MutualLearning(keras.Model):
             for opt, peer in zip(self._peer_optimizers, self.peers):
                 opt.build(peer.trainable_variables)
 
+    def get_compile_config(self):
+        config = super().get_compile_config()
+        if not config or self._compile_arguments is None:
+            return config
+        serialize = keras.saving.serialize_keras_object
+        config = dict(config)
+        config["loss"] = serialize(self._compile_arguments["loss"])
+        config["metrics"] = serialize(self._compile_arguments["metrics"])
+        config["temperature"] = self.temperature
+        config["alpha"] = self.alpha
+        return config
+
+    def compile_from_config(self, config):
+        config = keras.saving.deserialize_keras_object(config)
+        if config.get("loss") is None:
+            # Saved by keras-kd 0.1, which kept no compile arguments.
+            warnings.warn(
+                "This MutualLearning was saved without its compile arguments; "
+                "call `compile()` after loading to train or evaluate it.",
+                stacklevel=2,
+            )
+            return
+        self.compile(**config)
+
     @property
     def peer_optimizers(self):
         """One optimizer per peer."""
@@ -172,29 +351,21 @@ class MutualLearning(keras.Model):
             own.extend(peer_metrics)
         return own
 
-    def _hard(self, y, pred, sample_weight):
-        return tf.cast(self._hard_loss(y, pred, sample_weight=sample_weight), tf.float32)
-
     def _peer_terms(self, outputs, sample_weight):
         """Distillation term of each peer towards the mean of the others."""
-        log_probs = []
-        for out, probs in zip(outputs, self._probs):
-            log_probs.append(softened_log_probs(out, self.temperature, not probs))
-        n = len(outputs)
+        log_probs = [
+            softened_log_probs(out, self.temperature, not probs)
+            for out, probs in zip(outputs, self._probs)
+        ]
+        frozen = [tf.stop_gradient(lp) for lp in log_probs]
         terms = []
-        for i in range(n):
-            others = tf.stack(
-                [tf.stop_gradient(log_probs[j]) for j in range(n) if j != i], axis=0
-            )
-            target = tf.reduce_logsumexp(others, axis=0) - math.log(n - 1)
-            per_sample = tf.reduce_sum(
-                tf.exp(target) * (target - log_probs[i]), axis=-1
-            ) * (self.temperature**2)
+        for i, own in enumerate(log_probs):
+            # log of the others' mean probability (not of their mean logits)
+            target = log_mean_probs([lp for j, lp in enumerate(frozen) if j != i])
+            per_sample = tf.reduce_sum(tf.exp(target) * (target - own), axis=-1)
+            per_sample = per_sample * (self.temperature**2)
             if sample_weight is not None:
-                weight = tf.cast(sample_weight, tf.float32)
-                weight = tf.reshape(weight, tf.concat(
-                    [tf.shape(weight), tf.ones(tf.rank(per_sample) - tf.rank(weight), tf.int32)], 0))
-                per_sample = per_sample * weight
+                per_sample = per_sample * _broadcast_to_rank(sample_weight, per_sample)
             terms.append(tf.reduce_mean(per_sample) / float(backend.num_replicas()))
         return terms
 
@@ -204,14 +375,12 @@ class MutualLearning(keras.Model):
         peer_terms = self._peer_terms(outputs, sample_weight)
         losses = []
         for i, out in enumerate(outputs):
-            hard = self._hard(y, out, sample_weight)
+            hard = self._hard_loss(y, out, sample_weight=sample_weight)
+            hard = tf.cast(hard, tf.float32)
             if backend.LEGACY:  # Keras 3 losses scale per replica themselves
                 hard = hard / float(backend.num_replicas())
             loss = self.alpha * peer_terms[i] + (1.0 - self.alpha) * hard
-            reg = [tf.cast(tf.reduce_sum(l), tf.float32) for l in self.peers[i].losses]
-            if reg:
-                loss = loss + tf.add_n(reg)
-            losses.append(loss)
+            losses.append(loss + backend.regularization_loss(self.peers[i]))
         return x, y, sample_weight, outputs, losses
 
     def train_step(self, data):
@@ -222,7 +391,7 @@ class MutualLearning(keras.Model):
         gradients = tape.gradient(total, [v for vs in variables for v in vs])
         start = 0
         for optimizer, vs in zip(self._peer_optimizers, variables):
-            optimizer.apply_gradients(zip(gradients[start:start + len(vs)], vs))
+            optimizer.apply_gradients(zip(gradients[start : start + len(vs)], vs))
             start += len(vs)
         return self._update(x, y, sample_weight, outputs, losses, total)
 
@@ -237,7 +406,9 @@ class MutualLearning(keras.Model):
         results = {"loss": self.total_loss_tracker.result()}
         means = {}
         for i, (out, loss) in enumerate(zip(outputs, losses)):
-            self._peer_loss_trackers[i].update_state(loss * replicas, sample_weight=batch)
+            self._peer_loss_trackers[i].update_state(
+                loss * replicas, sample_weight=batch
+            )
             results[f"peer_{i}_loss"] = self._peer_loss_trackers[i].result()
             for metric in self._peer_metrics[i]:
                 metric.update_state(y, out, sample_weight=sample_weight)
@@ -261,4 +432,12 @@ class MutualLearning(keras.Model):
         return cls(peers=peers, **config)
 
 
-__all__ = ["MutualLearning"]
+def _broadcast_to_rank(sample_weight, values):
+    """`sample_weight` in float32, with trailing axes of size 1 up to
+    `values`' rank (e.g. one weight per sequence for per-token values)."""
+    weight = tf.cast(sample_weight, tf.float32)
+    extra = tf.ones([tf.rank(values) - tf.rank(weight)], tf.int32)
+    return tf.reshape(weight, tf.concat([tf.shape(weight), extra], 0))
+
+
+__all__ = ["MutualLearning", "OnlineDistiller"]

@@ -8,11 +8,11 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
+import numpy as np
+import pytest
 
-from keras_kd import backend  # noqa: E402
-from keras_kd.backend import keras  # noqa: E402
+from keras_kd import backend
+from keras_kd.backend import keras
 
 legacy_only = pytest.mark.skipif(
     not backend.LEGACY, reason="tf_keras flavour only (TF_USE_LEGACY_KERAS=1)"
@@ -75,9 +75,59 @@ def trained_teacher(x, y, hidden=32, activation=None, epochs=3):
     teacher = make_mlp(hidden, activation=activation, name="teacher")
     teacher.compile(
         optimizer="adam",
-        loss=keras.losses.SparseCategoricalCrossentropy(
-            from_logits=activation is None
-        ),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=activation is None),
     )
     teacher.fit(x, y, epochs=epochs, batch_size=16, verbose=0)
     return teacher
+
+
+SAVED_MODELS = os.path.join(os.path.dirname(__file__), "data", backend.FLAVOUR)
+
+
+def saved_model(name):
+    """A `.keras` file saved by keras-kd 0.1 (tests/data/make_saved_models.py),
+    loaded, and what that version computed from it."""
+    model = keras.saving.load_model(os.path.join(SAVED_MODELS, f"{name}.keras"))
+    with np.load(os.path.join(SAVED_MODELS, f"{name}.npz")) as archive:
+        reference = {key: archive[key] for key in archive.files}
+    return model, reference
+
+
+def assert_behaves_as_saved(model, reference, parts):
+    """`model` predicts, evaluates and takes a training step as the version
+    that saved it did. `parts` names its sub-models (teacher, peers...)."""
+    x, y = reference["x"], reference["y"]
+    close = dict(rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        model.predict(x, verbose=0), reference["predict"], **close
+    )
+    for name, part in parts.items():
+        np.testing.assert_allclose(
+            part.predict(x, verbose=0), reference[f"{name}_predict"], **close
+        )
+    stages = [
+        stage
+        for stage in ("evaluate", "step")
+        if any(key.startswith(stage + "/") for key in reference)
+    ]  # none for the MutualLearning of 0.1, which saved no compile arguments
+    for stage in stages:
+        if stage == "evaluate":
+            logs = model.evaluate(x, y, batch_size=32, verbose=0, return_dict=True)
+        else:
+            logs = model.train_on_batch(x[:16], y[:16], return_dict=True)
+        expected = {
+            key.split("/", 1)[1]: float(value)
+            for key, value in reference.items()
+            if key.startswith(stage + "/")
+        }
+        assert set(logs) == set(expected), stage
+        for key, value in expected.items():
+            assert float(logs[key]) == pytest.approx(value, rel=1e-5, abs=1e-6), (
+                stage,
+                key,
+            )
+    for name, part in parts.items():
+        for i, weight in enumerate(part.get_weights() if stages else []):
+            np.testing.assert_allclose(
+                weight, reference[f"step_weights/{name}/{i}"], **close
+            )

@@ -1,4 +1,4 @@
-"""The Distiller under tf.distribute: two replicas give one replica's result.
+"""The distillers under tf.distribute: two replicas give one replica's result.
 
 Logical devices must be configured before TensorFlow starts, so the check
 runs in a fresh interpreter (in the flavour of this pytest process).
@@ -9,8 +9,11 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 SCRIPT = textwrap.dedent(
     """
+    import sys
     import tensorflow as tf
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(
@@ -23,13 +26,32 @@ SCRIPT = textwrap.dedent(
     x = rng.normal(size=(64, 8)).astype("float32")
     y = rng.integers(0, 3, 64)
 
-    def mlp(h):
+    def mlp(h, l2=0.0):
+        # The L2 penalty checks that regularization losses are scaled per
+        # replica as Keras scales them (else their gradient doubles).
+        regularizer = keras.regularizers.L2(l2) if l2 else None
         return keras.Sequential([keras.Input((8,)),
-                                 keras.layers.Dense(h, activation="relu"),
+                                 keras.layers.Dense(h, activation="relu",
+                                                    kernel_regularizer=regularizer),
                                  keras.layers.Dense(3)])
 
+    def build(kind, t, s):
+        sce = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        if kind == "mutual":
+            m = kd.MutualLearning([t, s])
+            m.compile(optimizer=keras.optimizers.SGD(0.1), loss=sce,
+                      metrics=["accuracy"], temperature=2.0, alpha=0.5)
+            return m
+        online = kind == "online"
+        d = kd.Distiller(teacher=t, student=s, train_teacher=online,
+                         teacher_alpha=0.3 if online else 0.0)
+        d.compile(optimizer=keras.optimizers.SGD(0.1), loss=sce,
+                  metrics=["accuracy"], alpha=0.5)
+        return d
+
+    kind = sys.argv[1]
     keras.utils.set_random_seed(0)
-    teacher_w, student_w = mlp(16).get_weights(), mlp(4).get_weights()
+    teacher_w, student_w = mlp(16, 0.01).get_weights(), mlp(4, 0.01).get_weights()
     results = {}
     strategies = {
         "default": tf.distribute.get_strategy(),
@@ -37,17 +59,14 @@ SCRIPT = textwrap.dedent(
     }
     for name, strategy in strategies.items():
         with strategy.scope():
-            t, s = mlp(16), mlp(4)
+            t, s = mlp(16, 0.01), mlp(4, 0.01)
             t.set_weights(teacher_w)
             s.set_weights(student_w)
-            d = kd.Distiller(teacher=t, student=s)
-            d.compile(optimizer=keras.optimizers.SGD(0.1),
-                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                      metrics=["accuracy"], alpha=0.5)
+            d = build(kind, t, s)
         logs = d.evaluate(x, y, batch_size=32, verbose=0, return_dict=True)
         history = d.fit(x, y, batch_size=32, epochs=1, shuffle=False, verbose=0)
         results[name] = (logs, {k: v[0] for k, v in history.history.items()},
-                         s.get_weights())
+                         s.get_weights() + t.get_weights())
     assert strategies["mirrored"].num_replicas_in_sync == 2
     one, two = results["default"], results["mirrored"]
     for i in (0, 1):
@@ -56,15 +75,21 @@ SCRIPT = textwrap.dedent(
             np.testing.assert_allclose(two[i][key], one[i][key], rtol=1e-4, err_msg=key)
     for a, b in zip(one[2], two[2]):
         np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5)
+    moved = any(not np.allclose(a, b) for a, b in zip(one[2][:4], student_w))
+    assert moved, "the student did not train"
     print("SAME")
     """
 )
 
 
-def test_mirrored_strategy_matches_single_device():
+@pytest.mark.parametrize("kind", ["offline", "online", "mutual"])
+def test_mirrored_strategy_matches_single_device(kind):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     result = subprocess.run(
-        [sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True,
+        [sys.executable, "-c", SCRIPT, kind],
+        env=env,
+        capture_output=True,
+        text=True,
         timeout=300,
     )
     assert result.returncode == 0 and "SAME" in result.stdout, result.stderr[-3000:]

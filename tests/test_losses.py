@@ -1,13 +1,13 @@
 import numpy as np
 import pytest
+import tensorflow as tf
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import keras_kd as kd
-from keras_kd.backend import keras
-
 from conftest import np_kl, np_log_softmax
+from keras_kd.backend import keras
 
 
 def logits(seed, shape=(5, 4), scale=3.0):
@@ -74,7 +74,9 @@ def test_cross_entropy_and_kl_differ_by_teacher_entropy():
 def test_sequence_outputs_average_over_positions():
     t, s = logits(6, (2, 7, 11)), logits(7, (2, 7, 11))
     got = float(kd.losses.KLDivergence(2.0)(t, s))
-    assert got == pytest.approx(np_kl(t.reshape(-1, 11), s.reshape(-1, 11), 2.0), rel=1e-5)
+    assert got == pytest.approx(
+        np_kl(t.reshape(-1, 11), s.reshape(-1, 11), 2.0), rel=1e-5
+    )
 
 
 def test_reduction_none_gives_per_sample_values():
@@ -98,7 +100,9 @@ def test_loss_is_float32_for_float16_inputs():
     assert value.dtype == "float32"
 
 
-@pytest.mark.parametrize("cls", [kd.losses.KLDivergence, kd.losses.SoftTargetCrossEntropy])
+@pytest.mark.parametrize(
+    "cls", [kd.losses.KLDivergence, kd.losses.SoftTargetCrossEntropy]
+)
 def test_config_round_trip(cls):
     loss = cls(temperature=7.5, teacher_from_logits=False)
     restored = keras.losses.deserialize(keras.losses.serialize(loss))
@@ -111,7 +115,10 @@ def test_config_round_trip(cls):
 
 @pytest.mark.parametrize("bad", [0, 0.0, -1.0])
 def test_non_positive_temperature_is_rejected(bad):
-    with pytest.raises(ValueError, match=r"`temperature` must be greater than 0.*temperature=" + str(bad)):
+    with pytest.raises(
+        ValueError,
+        match=r"`temperature` must be greater than 0.*temperature=" + str(bad),
+    ):
         kd.losses.KLDivergence(temperature=bad)
 
 
@@ -132,7 +139,9 @@ def test_usable_in_a_plain_keras_model():
     x = rng.normal(size=(64, 4)).astype("float32")
     teacher_logits = (x @ rng.normal(size=(4, 3))).astype("float32") * 2
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
-    model.compile(optimizer=keras.optimizers.Adam(0.05), loss=kd.losses.KLDivergence(2.0))
+    model.compile(
+        optimizer=keras.optimizers.Adam(0.05), loss=kd.losses.KLDivergence(2.0)
+    )
     before = model.evaluate(x, teacher_logits, verbose=0)
     model.fit(x, teacher_logits, epochs=30, batch_size=16, verbose=0)
     after = model.evaluate(x, teacher_logits, verbose=0)
@@ -149,4 +158,46 @@ def test_kl_is_non_negative_and_zero_on_itself(t, s, temperature):
     loss = kd.losses.KLDivergence(temperature=temperature)
     assert float(loss(t, s)) >= -1e-4
     assert abs(float(loss(t, t))) < 1e-4
-    assert float(loss(t, s)) == pytest.approx(np_kl(t, s, temperature), rel=1e-3, abs=1e-3)
+    assert float(loss(t, s)) == pytest.approx(
+        np_kl(t, s, temperature), rel=1e-3, abs=1e-3
+    )
+
+
+def test_as_loss_returns_a_loss_unchanged():
+    loss = kd.losses.KLDivergence(3.0)
+    assert kd.losses.as_loss(loss) is loss
+
+
+def test_as_loss_gives_a_function_keras_reduction_and_sample_weights():
+    t, s = logits(0), logits(1)
+
+    def per_sample(y_true, y_pred):
+        return tf.reduce_sum((y_true - y_pred) ** 2, axis=-1)
+
+    loss = kd.losses.as_loss(per_sample)
+    assert isinstance(loss, keras.losses.Loss)
+    squared = ((t.astype(np.float64) - s) ** 2).sum(-1)
+    assert float(loss(t, s)) == pytest.approx(squared.mean(), rel=1e-5)
+    w = np.linspace(0.0, 2.0, len(t))
+    assert float(loss(t, s, sample_weight=w)) == pytest.approx(
+        (squared * w).mean(), rel=1e-5
+    )
+
+
+def test_as_loss_by_name_wraps_the_keras_function():
+    p = np.array([[0.2, 0.8], [0.5, 0.5]], np.float32)
+    q = np.array([[0.4, 0.6], [0.9, 0.1]], np.float32)
+    loss = kd.losses.as_loss("kl_divergence")
+    assert isinstance(loss, keras.losses.Loss)
+    expected = (p * np.log(p / q)).sum(-1).mean()
+    assert float(loss(p, q)) == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    "bad, error", [("adam", ValueError), (3, TypeError), (keras.losses.Loss, TypeError)]
+)
+def test_as_loss_rejects_what_is_not_a_loss(bad, error):
+    with pytest.raises(
+        error, match=r"`distillation_loss`.*Received: distillation_loss="
+    ):
+        kd.losses.as_loss(bad, "distillation_loss")

@@ -1,0 +1,226 @@
+"""The plain functions of a distillation step, shared by the distillers.
+
+Checks of a distiller's arguments, the pairing of a teacher's outputs with a
+student's, and one distillation loss per output. `keras_kd/distiller.py` and
+`keras_kd/online.py` use them; users import nothing from here.
+"""
+
+from __future__ import annotations
+
+from keras_kd import _utils, backend
+from keras_kd.backend import keras, tf
+from keras_kd.losses import as_loss
+
+# ---------------------------------------------------------------------------
+# Models and compile arguments
+# ---------------------------------------------------------------------------
+
+
+def check_trainable(student) -> None:
+    """Raises unless a built `student` has trainable weights."""
+    if getattr(student, "built", False) and not student.trainable_weights:
+        raise ValueError(
+            "Argument `student` has no trainable weights: there is nothing to "
+            f"distil into. Received: student={student.name!r} with "
+            f"trainable={student.trainable} and "
+            f"{len(student.weights)} weights. Expected a model with trainable "
+            "weights (is `student.trainable` False?)."
+        )
+
+
+def check_hard_loss(loss) -> None:
+    """Validates compile's `loss`: a loss, its name, a callable, a list or a
+    dict of them, or None."""
+    if loss is None:
+        return
+    if isinstance(loss, dict):
+        for value in loss.values():
+            check_hard_loss(value)
+        return
+    if isinstance(loss, (list, tuple)):
+        for value in loss:
+            check_hard_loss(value)
+        return
+    if isinstance(loss, str):
+        try:
+            keras.losses.get(loss)
+        except (ValueError, TypeError) as e:
+            raise ValueError(
+                "Argument `loss` names no Keras loss. Received: "
+                f"loss={loss!r}. Expected a loss for the hard labels, e.g. "
+                '"sparse_categorical_crossentropy".'
+            ) from e
+        return
+    if isinstance(loss, keras.losses.Loss) or (
+        callable(loss) and not isinstance(loss, (type, keras.Model))
+    ):
+        return
+    raise TypeError(
+        "Argument `loss` must be a Keras loss (a `keras.losses.Loss`, its "
+        f"name, or a callable). Received: loss={loss!r} of type "
+        f"{type(loss).__name__}."
+    )
+
+
+def check_distillation_loss(spec, output_names):
+    """compile's `distillation_loss` with each entry as a `keras.losses.Loss`.
+
+    Args:
+        spec: one loss for every output, or a list / dict (keyed by output
+            name) with a loss, or None to skip, per output.
+        output_names: the student's output names, or None where unknown.
+    """
+
+    def check(value):
+        return None if value is None else as_loss(value, "distillation_loss")
+
+    if isinstance(spec, dict):
+        for key in spec:
+            if output_names is not None and key not in output_names:
+                raise ValueError(
+                    "Argument `distillation_loss` has a key that names no "
+                    f"output of the student. Received key {key!r}; the "
+                    f"student's outputs are {output_names}."
+                )
+        return {k: check(v) for k, v in spec.items()}
+    if isinstance(spec, (list, tuple)):
+        if output_names is not None and len(spec) != len(output_names):
+            raise ValueError(
+                "Argument `distillation_loss` must have one entry per "
+                f"student output ({len(output_names)}: {output_names}). "
+                f"Received {len(spec)} entries."
+            )
+        return [check(v) for v in spec]
+    return as_loss(spec, "distillation_loss")
+
+
+# ---------------------------------------------------------------------------
+# Teacher and student outputs
+# ---------------------------------------------------------------------------
+
+
+def _output_shapes(model):
+    """Static output shapes of a built Functional/Sequential model, or None."""
+    try:
+        outputs = model.outputs
+    except (AttributeError, ValueError):
+        return None
+    if not outputs:
+        return None
+    return [tuple(o.shape) for o in tf.nest.flatten(outputs)]
+
+
+def _shapes_compatible(a, b) -> bool:
+    if len(a) != len(b):
+        return False
+    return all(x is None or y is None or x == y for x, y in zip(a, b))
+
+
+def check_output_shapes(teacher, student) -> None:
+    """Raises if the models' outputs (where known) cannot be paired."""
+    t, s = _output_shapes(teacher), _output_shapes(student)
+    if t is None or s is None:
+        return
+    if len(t) != len(s):
+        raise ValueError(
+            "Arguments `teacher` and `student` must have the same number of "
+            f"outputs. Received: teacher with {len(t)} ({t}), student with "
+            f"{len(s)} ({s})."
+        )
+    for ts, ss in zip(t, s):
+        if not _shapes_compatible(ts, ss):
+            raise ValueError(
+                "The outputs of `teacher` and `student` cannot be compared: "
+                f"teacher output shape {ts}, student output shape {ss}. "
+                "Expected the same shape (e.g. the same number of classes)."
+            )
+
+
+def _check_pair_shapes(teacher_output, student_output, index) -> None:
+    t, s = teacher_output.shape, student_output.shape
+    if t.rank is not None and s.rank is not None:
+        if not _shapes_compatible(tuple(t), tuple(s)):
+            raise ValueError(
+                "The teacher's and the student's outputs cannot be compared: "
+                f"output {index} has shape {tuple(t)} for the teacher and "
+                f"{tuple(s)} for the student. Expected the same shape "
+                "(e.g. the same number of classes)."
+            )
+
+
+def losses_per_output(spec, y_pred, output_names):
+    """One distillation loss (or None) per flattened output of `y_pred`."""
+    flat = tf.nest.flatten(y_pred)
+    if isinstance(spec, dict):
+        if isinstance(y_pred, dict):
+            keys = sorted(y_pred.keys())
+        else:
+            keys = output_names or [str(i) for i in range(len(flat))]
+        return [spec.get(k) for k in keys]
+    if isinstance(spec, list):
+        if len(spec) != len(flat):
+            raise ValueError(
+                "Argument `distillation_loss` must have one entry per "
+                f"student output ({len(flat)}). Received {len(spec)}."
+            )
+        return list(spec)
+    return [spec] * len(flat)
+
+
+def _as_logits(value, is_probabilities, fn, flag):
+    """Probabilities of a softmax output become log-probabilities (logits).
+
+    Only when the loss expects logits (its `teacher_from_logits` /
+    `student_from_logits` is True or absent); a loss told it gets
+    probabilities receives them unchanged.
+    """
+    if not is_probabilities or not getattr(fn, flag, True):
+        return value
+    return _utils.log_probs(value)
+
+
+def distillation_term(
+    fns, targets, predictions, target_probs, prediction_probs, sample_weight
+):
+    """The sum over outputs of `fn(target, prediction)`, in float32.
+
+    Args:
+        fns: one loss (or None to skip) per output.
+        targets: the flattened outputs that teach.
+        predictions: the flattened outputs that learn, paired one to one.
+        target_probs: per output, whether the target is probabilities (its
+            model ends with a softmax), or None where unknown.
+        prediction_probs: the same for the predictions.
+        sample_weight: None, or sample weights (one per output, or shared).
+
+    Returns:
+        A float32 scalar, scaled per replica under `tf.distribute`.
+    """
+    if len(targets) != len(predictions):
+        raise ValueError(
+            f"The teacher has {len(targets)} outputs and the student "
+            f"{len(predictions)}; distillation pairs them one to one."
+        )
+    weights = tf.nest.flatten(sample_weight) if sample_weight is not None else []
+    if len(weights) != len(predictions):
+        weights = [sample_weight] * len(predictions)
+    target_probs = target_probs or [False] * len(targets)
+    prediction_probs = prediction_probs or [False] * len(predictions)
+    terms = []
+    for i, fn in enumerate(fns):
+        if fn is None:
+            continue
+        _check_pair_shapes(targets[i], predictions[i], i)
+        backend.allow_batch_mean_under_strategy(fn)
+        value = fn(
+            _as_logits(targets[i], target_probs[i], fn, "teacher_from_logits"),
+            _as_logits(predictions[i], prediction_probs[i], fn, "student_from_logits"),
+            sample_weight=weights[i],
+        )
+        value = tf.cast(value, tf.float32)
+        if backend.LEGACY:  # Keras 3 losses scale per replica themselves
+            value = value / float(backend.num_replicas())
+        terms.append(value)
+    if not terms:
+        return tf.zeros((), tf.float32)
+    return tf.add_n(terms)
