@@ -24,8 +24,10 @@ from keras_kd import (
     backend,
     callbacks,
     data,
+    ensemble,
     export,
     losses,
+    models,
     optimize,
 )
 from keras_kd.distiller import Distiller
@@ -41,7 +43,9 @@ __all__ = [
     "callbacks",
     "data",
     "export",
+    "ensemble",
     "losses",
+    "models",
     "optimize",
     "__version__",
 ]

@@ -131,3 +131,40 @@ def assert_behaves_as_saved(model, reference, parts):
             np.testing.assert_allclose(
                 weight, reference[f"step_weights/{name}/{i}"], **close
             )
+
+
+def run_litert(path, x):
+    """`(outputs, input_detail)` of a `.tflite` file run on `x` by LiteRT's API.
+
+    An independent route to keras-kd's own runner (which uses signature
+    runners): one batched invocation, quantizing an int8 input and
+    dequantizing an int8 output by the scales stored in the file.
+    """
+    import warnings
+
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:  # pragma: no cover - depends on the install
+        import tensorflow as tf
+
+        Interpreter = tf.lite.Interpreter
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        interpreter = Interpreter(model_path=os.fspath(path))
+    (detail,) = interpreter.get_input_details()
+    interpreter.resize_tensor_input(detail["index"], (len(x),) + tuple(x.shape[1:]))
+    interpreter.allocate_tensors()
+    (detail,) = interpreter.get_input_details()
+    (out,) = interpreter.get_output_details()
+    x = np.asarray(x, np.float32)
+    if detail["dtype"] != np.float32:
+        scale, zero_point = detail["quantization"]
+        info = np.iinfo(detail["dtype"])
+        x = np.clip(np.round(x / scale + zero_point), info.min, info.max)
+    interpreter.set_tensor(detail["index"], x.astype(detail["dtype"]))
+    interpreter.invoke()
+    y = interpreter.get_tensor(out["index"]).astype(np.float64)
+    if out["dtype"] != np.float32:
+        scale, zero_point = out["quantization"]
+        y = (y - zero_point) * scale
+    return y, detail

@@ -8,8 +8,8 @@ import sys
 import numpy as np
 import pytest
 
+from conftest import run_litert
 from keras_kd import cli, data
-from test_examples_deploy import litert_outputs
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +56,7 @@ def test_demo_reports_the_accuracy_and_agreement_of_what_it_trained(demo):
         assert path.stat().st_size == row["size_bytes"] > 0
         assert row["latency_ms"] > 0
         accuracy, agreement = _accuracy_and_agreement(
-            litert_outputs(path, x_test), y_test, teacher_pred
+            run_litert(path, x_test)[0], y_test, teacher_pred
         )
         assert row["accuracy"] == pytest.approx(accuracy), quantization
         assert row["agreement"] == pytest.approx(agreement), quantization

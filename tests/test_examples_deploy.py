@@ -2,12 +2,11 @@
 
 import importlib.util
 import os
-import warnings
 
 import numpy as np
 import pytest
 
-from conftest import keras3_only, legacy_only
+from conftest import keras3_only, legacy_only, run_litert
 from keras_kd import data
 
 EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(__file__)), "examples")
@@ -20,41 +19,6 @@ def _load(name):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-def litert_outputs(path, x):
-    """Float outputs of a `.tflite` file on `x`, run by the plain tensor API.
-
-    An independent route to keras-kd's own runner (which uses signature
-    runners): one batched invocation, quantizing an int8 input and
-    dequantizing an int8 output by the scales stored in the file.
-    """
-    try:
-        from ai_edge_litert.interpreter import Interpreter
-    except ImportError:  # pragma: no cover - depends on the install
-        import tensorflow as tf
-
-        Interpreter = tf.lite.Interpreter
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        interpreter = Interpreter(model_path=os.fspath(path))
-    (inp,) = interpreter.get_input_details()
-    interpreter.resize_tensor_input(inp["index"], (len(x),) + x.shape[1:])
-    interpreter.allocate_tensors()
-    (inp,) = interpreter.get_input_details()
-    (out,) = interpreter.get_output_details()
-    x = np.asarray(x, np.float32)
-    if inp["dtype"] != np.float32:
-        scale, zero_point = inp["quantization"]
-        info = np.iinfo(inp["dtype"])
-        x = np.clip(np.round(x / scale + zero_point), info.min, info.max)
-    interpreter.set_tensor(inp["index"], x.astype(inp["dtype"]))
-    interpreter.invoke()
-    y = interpreter.get_tensor(out["index"]).astype(np.float64)
-    if out["dtype"] != np.float32:
-        scale, zero_point = out["quantization"]
-        y = (y - zero_point) * scale
-    return y
 
 
 @pytest.mark.parametrize("name", ["deploy_tflite", "qat_distillation"])
@@ -86,7 +50,7 @@ def test_deploy_tflite_exports_every_mode_on_digits(tmp_path, capsys):
         assert os.path.isfile(row["path"]), name
         assert row["latency_ms"] > 0
         # The reported accuracy is that of the saved file's predictions.
-        pred = litert_outputs(row["path"], x_test).argmax(-1)
+        pred = run_litert(row["path"], x_test)[0].argmax(-1)
         assert row["accuracy"] == pytest.approx(np.mean(pred == y_test)), name
         assert row["accuracy_drop_points"] == pytest.approx(
             100 * (results["student_accuracy"] - row["accuracy"])
@@ -137,7 +101,7 @@ def test_qat_example_compares_ptq_qat_and_pruning_on_digits(tmp_path, capsys):
         row[q] for row in results["pruning"].values() for q in ("float32", "int8")
     ]
     for row in rows:
-        pred = litert_outputs(row["path"], x_test).argmax(-1)
+        pred = run_litert(row["path"], x_test)[0].argmax(-1)
         assert row["accuracy"] == pytest.approx(np.mean(pred == y_test)), row["path"]
         assert row["accuracy"] > 0.6, row["path"]
     assert int8["float32"]["accuracy"] == pytest.approx(results["student_accuracy"])

@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import keras3_only, legacy_only, make_mlp
+from conftest import keras3_only, legacy_only, make_mlp, run_litert
 from keras_kd import backend, export
 from keras_kd.backend import keras, tf
 from keras_kd.data import load_digits
@@ -65,27 +65,6 @@ def _make_model(kind):
     return model
 
 
-def _litert_outputs(path, x):
-    """Independent reference: run the file with LiteRT's own API."""
-    from ai_edge_litert.interpreter import Interpreter
-
-    interpreter = Interpreter(model_path=str(path))
-    detail = interpreter.get_input_details()[0]
-    interpreter.resize_tensor_input(detail["index"], list(x.shape))
-    interpreter.allocate_tensors()
-    if detail["dtype"] == np.int8:
-        scale, zero_point = detail["quantization"]
-        x = np.clip(np.round(x / scale) + zero_point, -128, 127).astype(np.int8)
-    interpreter.set_tensor(detail["index"], x)
-    interpreter.invoke()
-    out = interpreter.get_output_details()[0]
-    y = interpreter.get_tensor(out["index"])
-    if out["dtype"] == np.int8:
-        scale, zero_point = out["quantization"]
-        y = (y.astype(np.float32) - zero_point) * scale
-    return y, detail
-
-
 def test_models_come_from_this_process_flavour():
     model = make_mlp(4)
     expected = "tf_keras" if backend.LEGACY else "keras"
@@ -117,7 +96,7 @@ def test_every_quantization_mode_converts_and_runs(
     assert report.input_dtypes == ["int8" if quantization == "int8_io" else "float32"]
     # dynamic batch dimension: batches of 1 and 7 both run
     for n in (1, 7):
-        y, detail = _litert_outputs(path, x_test[:n])
+        y, detail = run_litert(path, x_test[:n])
         assert y.shape == (n, 10)
         assert detail["shape_signature"][0] == -1
     keras_y = trained.predict(x_test[:7], verbose=0)
@@ -154,7 +133,7 @@ def test_float32_export_matches_keras_to_1e_5(kind, data, tmp_path):
     assert report.max_rel_diff <= 1e-5  # float32 rounding, whatever the scale
     assert report.top1_agreement == 1.0
     expected = model.predict(x, verbose=0)
-    np.testing.assert_allclose(_litert_outputs(path, x)[0], expected, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(run_litert(path, x)[0], expected, atol=1e-5, rtol=0)
     np.testing.assert_allclose(
         export.predict_tflite(path, x), expected, atol=1e-5, rtol=0
     )
@@ -176,7 +155,7 @@ def test_int8_agrees_with_keras_on_99_percent(trained, digits, tmp_path):
     # Independent reference: the file run with LiteRT's own API, the model
     # with `predict`, compared with numpy.
     keras_y = trained.predict(x_test, verbose=0)
-    file_y = _litert_outputs(path, x_test)[0]
+    file_y = run_litert(path, x_test)[0]
     keras_top1, file_top1 = keras_y.argmax(-1), file_y.argmax(-1)
     assert report.top1_agreement == pytest.approx(np.mean(keras_top1 == file_top1))
     max_abs = float(np.max(np.abs(file_y - keras_y)))
@@ -198,7 +177,7 @@ def test_int8_io_quantizes_inputs_and_dequantizes_outputs(trained, digits, tmp_p
     )
     assert report.input_dtypes == ["int8"] and report.output_dtypes == ["int8"]
     assert report.top1_agreement >= 0.99
-    reference, _ = _litert_outputs(path, x_test)  # quantized by hand
+    reference, _ = run_litert(path, x_test)  # quantized by hand
     np.testing.assert_allclose(
         export.predict_tflite(path, x_test), reference, atol=1e-6
     )
@@ -450,7 +429,7 @@ def test_metadata_is_stored_in_the_file(tmp_path):
     entries = export.read_metadata(path)
     assert entries["labels"] == b"a\nb\nc" and entries["blob"] == b"\x00\x01"
     assert "min_runtime_version" in entries
-    y, _ = _litert_outputs(path, np.ones((2, 8), "float32"))  # still runs
+    y, _ = run_litert(path, np.ones((2, 8), "float32"))  # still runs
     assert y.shape == (2, 3)
 
 
@@ -491,7 +470,7 @@ def test_report_holds_what_is_measured_independently(tmp_path, data):
     expected = model.predict(x, verbose=0)
     assert values["num_verify_samples"] == len(x)
     assert values["max_abs_diff"] <= 1e-5
-    assert np.max(np.abs(_litert_outputs(path, x)[0] - expected)) <= 1e-5
+    assert np.max(np.abs(run_litert(path, x)[0] - expected)) <= 1e-5
     assert values["top1_agreement"] == 1.0
     assert values["quantization"] == "float32" and values["latency_ms"] > 0
     # Plain values: the dict survives JSON unchanged, and is a copy.
