@@ -132,7 +132,12 @@ def as_loss(value, argument: str = "loss", example: str | None = None):
 
 
 class _SoftTargetLoss(keras.losses.Loss):
-    """Shared arguments and config of the temperature-softened losses."""
+    """Shared arguments and config of the temperature-softened losses.
+
+    Subclasses set `default_name` and implement `call`.
+    """
+
+    default_name: str | None = None
 
     def __init__(
         self,
@@ -142,7 +147,7 @@ class _SoftTargetLoss(keras.losses.Loss):
         reduction: str = "sum_over_batch_size",
         name: str | None = None,
     ):
-        super().__init__(name=name, reduction=reduction)
+        super().__init__(name=name or self.default_name, reduction=reduction)
         self._temperature = validate_temperature(temperature)
         self._temperature_variable = None
         self.teacher_from_logits = _utils.check_bool(
@@ -254,21 +259,7 @@ class KLDivergence(_SoftTargetLoss):
     0.0
     """
 
-    def __init__(
-        self,
-        temperature: float = 2.0,
-        teacher_from_logits: bool = True,
-        student_from_logits: bool = True,
-        reduction: str = "sum_over_batch_size",
-        name: str | None = "kl_divergence",
-    ):
-        super().__init__(
-            temperature=temperature,
-            teacher_from_logits=teacher_from_logits,
-            student_from_logits=student_from_logits,
-            reduction=reduction,
-            name=name,
-        )
+    default_name = "kl_divergence"
 
     @tf.autograph.experimental.do_not_convert  # plain tensor code, nothing to convert
     def call(self, y_true, y_pred):
@@ -309,21 +300,7 @@ class SoftTargetCrossEntropy(_SoftTargetLoss):
     0.6931
     """
 
-    def __init__(
-        self,
-        temperature: float = 2.0,
-        teacher_from_logits: bool = True,
-        student_from_logits: bool = True,
-        reduction: str = "sum_over_batch_size",
-        name: str | None = "soft_target_cross_entropy",
-    ):
-        super().__init__(
-            temperature=temperature,
-            teacher_from_logits=teacher_from_logits,
-            student_from_logits=student_from_logits,
-            reduction=reduction,
-            name=name,
-        )
+    default_name = "soft_target_cross_entropy"
 
     @tf.autograph.experimental.do_not_convert  # plain tensor code, nothing to convert
     def call(self, y_true, y_pred):

@@ -130,6 +130,15 @@ def mlp(
     return keras.Model(inputs, outputs, name=name)
 
 
+def _check_cnn(input_shape, num_classes, filters, hidden):
+    return (
+        _check_shape(input_shape, images=True),
+        check_int(num_classes, "num_classes", 1, "output logits"),
+        check_int(filters, "filters", 1, "convolution filters"),
+        check_int(hidden, "hidden", 1, "units of the hidden layer"),
+    )
+
+
 def cnn(
     input_shape,
     num_classes: int,
@@ -161,10 +170,9 @@ def cnn(
     >>> models.cnn((8, 8, 1), 10).count_params()
     151306
     """
-    shape = _check_shape(input_shape, images=True)
-    num_classes = check_int(num_classes, "num_classes", 1, "output logits")
-    filters = check_int(filters, "filters", 1, "convolution filters")
-    hidden = check_int(hidden, "hidden", 1, "units of the hidden layer")
+    shape, num_classes, filters, hidden = _check_cnn(
+        input_shape, num_classes, filters, hidden
+    )
     inputs = keras.Input(shape)
     x = keras.layers.Conv2D(filters, 3, padding="same", activation="relu")(inputs)
     x = keras.layers.Conv2D(2 * filters, 3, padding="same", activation="relu")(x)
@@ -208,10 +216,9 @@ def strided_cnn(
     >>> models.strided_cnn((28, 28, 1), 10).count_params()
     105866
     """
-    shape = _check_shape(input_shape, images=True)
-    num_classes = check_int(num_classes, "num_classes", 1, "output logits")
-    filters = check_int(filters, "filters", 1, "convolution filters")
-    hidden = check_int(hidden, "hidden", 1, "units of the hidden layer")
+    shape, num_classes, filters, hidden = _check_cnn(
+        input_shape, num_classes, filters, hidden
+    )
     conv = dict(kernel_size=3, strides=2, padding="same", activation="relu")
     inputs = keras.Input(shape)
     x = keras.layers.Conv2D(filters, **conv)(inputs)
