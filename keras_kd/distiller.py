@@ -16,9 +16,6 @@ from keras_kd.losses import KLDivergence
 
 _DEFAULT_TEMPERATURE = 2.0
 
-# Kept for keras_kd/callbacks.py until it imports `_utils.check_alpha`.
-_check_alpha = _utils.check_alpha
-
 
 @register_serializable
 class Distiller(keras.Model):

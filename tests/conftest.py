@@ -168,3 +168,12 @@ def run_litert(path, x):
         scale, zero_point = out["quantization"]
         y = (y - zero_point) * scale
     return y, detail
+
+
+def two_output_model(hidden, name):
+    """A Functional MLP with two outputs, "a" (3 logits) and "b" (5 logits)."""
+    inputs = keras.Input((8,))
+    h = keras.layers.Dense(hidden, activation="relu")(inputs)
+    a = keras.layers.Dense(3, name="a")(h)
+    b = keras.layers.Dense(5, name="b")(h)
+    return keras.Model(inputs, [a, b], name=name)

@@ -17,6 +17,7 @@ from conftest import (
     saved_model,
     trained_teacher,
     twins,
+    two_output_model,
 )
 from keras_kd import backend
 from keras_kd.backend import keras
@@ -232,18 +233,10 @@ def test_predict_and_call_are_the_students(data):
     )
 
 
-def _two_output_model(hidden, name):
-    inputs = keras.Input((8,))
-    h = keras.layers.Dense(hidden, activation="relu")(inputs)
-    a = keras.layers.Dense(3, name="a")(h)
-    b = keras.layers.Dense(5, name="b")(h)
-    return keras.Model(inputs, [a, b], name=name)
-
-
 def test_multi_output_with_a_loss_per_output(data):
     x, y = data
     y2 = (y + 1) % 5
-    teacher, student = _two_output_model(16, "teacher"), _two_output_model(4, "student")
+    teacher, student = two_output_model(16, "teacher"), two_output_model(4, "student")
     d = kd.Distiller(teacher=teacher, student=student)
     d.compile(
         optimizer="adam",
@@ -477,9 +470,7 @@ def test_non_model_arguments_are_rejected():
 
 
 def test_unknown_output_name_in_distillation_loss_dict_is_rejected():
-    d = kd.Distiller(
-        teacher=_two_output_model(8, "t"), student=_two_output_model(4, "s")
-    )
+    d = kd.Distiller(teacher=two_output_model(8, "t"), student=two_output_model(4, "s"))
     with pytest.raises(ValueError, match="names no output.*'c'"):
         d.compile(
             optimizer="adam",

@@ -1,0 +1,27 @@
+"""Callbacks that drive distillation: self-distillation and schedules.
+
+* `SelfDistillation` runs Born-Again Networks (Furlanello et al. 2018)
+  inside one `fit`: each generation's student becomes the next one's frozen
+  teacher. Its Keras hooks live in `self_distillation.py`, the plain-Python
+  plan of its generations in `generations.py`, the store of the finished
+  generations' weights in `backup.py`.
+* `AlphaSchedule` and `TemperatureSchedule` (`schedules.py`) change `alpha`
+  and the softmax temperature by epoch or by step. The values live in
+  variables, so the compiled train function is not retraced.
+"""
+
+from keras_kd.callbacks.schedules import (
+    AlphaSchedule,
+    TemperatureSchedule,
+    cosine,
+    linear,
+)
+from keras_kd.callbacks.self_distillation import SelfDistillation
+
+__all__ = [
+    "AlphaSchedule",
+    "SelfDistillation",
+    "TemperatureSchedule",
+    "cosine",
+    "linear",
+]
