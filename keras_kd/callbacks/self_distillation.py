@@ -204,13 +204,23 @@ class SelfDistillation(keras.callbacks.Callback):
 
     # -- Keras hooks -----------------------------------------------------
 
+    def _reset_early_stopping(self):
+        """A fresh start for the inner EarlyStopping at each generation.
+
+        Keras before 3.15 does not reset `best` in `on_train_begin`, so a new
+        generation would be compared with the previous one's best and end
+        after one epoch; reset it here, whatever the Keras version.
+        """
+        self.early_stopping.on_train_begin()
+        self.early_stopping.best = self.early_stopping.baseline
+
     def on_train_begin(self, logs=None):
         distiller = self._distiller()
         self._fresh_student()  # fail early if the student cannot be rebuilt
         self._snapshot_optimizer()
         if self.early_stopping is not None:
             self.early_stopping.set_model(distiller)
-            self.early_stopping.on_train_begin()
+            self._reset_early_stopping()
         if self.generation == 0:
             self.generation = 1
             self._apply_settings(1)
@@ -285,7 +295,7 @@ class SelfDistillation(keras.callbacks.Callback):
             self._reset_optimizer()
         self._apply_settings(generation)
         if self.early_stopping is not None:
-            self.early_stopping.on_train_begin()
+            self._reset_early_stopping()
         if self.verbose:
             teachers = self.plan.teachers(generation)
             what = (
