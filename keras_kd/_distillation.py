@@ -1,7 +1,9 @@
 """The plain functions of a distillation step, shared by the distillers.
 
 Checks of a distiller's arguments, the pairing of a teacher's outputs with a
-student's, and one distillation loss per output. `keras_kd/distiller.py` and
+student's, one distillation loss per output, and what a loss may ask the
+distiller for: the batch's labels (`requires_labels = True`) and the
+training step (a `step_counter` attribute). `keras_kd/distiller.py` and
 `keras_kd/online.py` use them; users import nothing from here.
 """
 
@@ -152,11 +154,7 @@ def losses_per_output(spec, y_pred, output_names):
     """One distillation loss (or None) per flattened output of `y_pred`."""
     flat = tf.nest.flatten(y_pred)
     if isinstance(spec, dict):
-        if isinstance(y_pred, dict):
-            keys = sorted(y_pred.keys())
-        else:
-            keys = output_names or [str(i) for i in range(len(flat))]
-        return [spec.get(k) for k in keys]
+        return [spec.get(k) for k in _keys(y_pred, output_names, len(flat))]
     if isinstance(spec, list):
         if len(spec) != len(flat):
             raise ValueError(
@@ -165,6 +163,48 @@ def losses_per_output(spec, y_pred, output_names):
             )
         return list(spec)
     return [spec] * len(flat)
+
+
+def _keys(y_pred, output_names, count):
+    """The keys of the flattened outputs, in `tf.nest.flatten` order."""
+    if isinstance(y_pred, dict):
+        return sorted(y_pred.keys())
+    return output_names or [str(i) for i in range(count)]
+
+
+def labels_per_output(y, y_pred, output_names):
+    """The labels of each flattened output of `y_pred` (None where absent).
+
+    `y` is what `fit` gives with the inputs: None (a batch without labels),
+    one tensor (shared by every output), or a list / dict with one entry per
+    output, as Keras's `compile(loss=...)` takes them.
+    """
+    count = len(tf.nest.flatten(y_pred))
+    if y is None:
+        return [None] * count
+    if isinstance(y, dict):
+        return [y.get(k) for k in _keys(y_pred, output_names, count)]
+    if isinstance(y, (list, tuple)) and len(y) == count:
+        return list(y)
+    return [y] * count
+
+
+def needs_labels(fns) -> bool:
+    """Whether a loss among `fns` declares `requires_labels = True`."""
+    return any(getattr(fn, "requires_labels", False) for fn in fns if fn)
+
+
+def attach_step_counter(spec, counter) -> None:
+    """Gives each distillation loss with a `step_counter` attribute `counter`.
+
+    Losses that change with training progress (`DecoupledKD`'s warm-up) read
+    the number of steps taken from it; the distiller gives its optimizer's
+    `iterations`, which advances with each training step.
+    """
+    values = spec.values() if isinstance(spec, dict) else tf.nest.flatten(spec)
+    for fn in values:
+        if fn is not None and hasattr(fn, "step_counter"):
+            fn.step_counter = counter
 
 
 def _as_logits(value, is_probabilities, fn, flag):
@@ -180,9 +220,18 @@ def _as_logits(value, is_probabilities, fn, flag):
 
 
 def distillation_term(
-    fns, targets, predictions, target_probs, prediction_probs, sample_weight
+    fns,
+    targets,
+    predictions,
+    target_probs,
+    prediction_probs,
+    sample_weight,
+    labels=None,
 ):
     """The sum over outputs of `fn(target, prediction)`, in float32.
+
+    A loss with `requires_labels = True` is called as
+    `fn(target, prediction, sample_weight=..., labels=...)`.
 
     Args:
         fns: one loss (or None to skip) per output.
@@ -192,6 +241,8 @@ def distillation_term(
             model ends with a softmax), or None where unknown.
         prediction_probs: the same for the predictions.
         sample_weight: None, or sample weights (one per output, or shared).
+        labels: None, or the labels of each output (None where a batch
+            has none), for the losses that require them.
 
     Returns:
         A float32 scalar, scaled per replica under `tf.distribute`.
@@ -206,16 +257,19 @@ def distillation_term(
         weights = [sample_weight] * len(predictions)
     target_probs = target_probs or [False] * len(targets)
     prediction_probs = prediction_probs or [False] * len(predictions)
+    labels = labels or [None] * len(predictions)
     terms = []
     for i, fn in enumerate(fns):
         if fn is None:
             continue
         _check_pair_shapes(targets[i], predictions[i], i)
         backend.allow_batch_mean_under_strategy(fn)
+        extra = {"labels": labels[i]} if getattr(fn, "requires_labels", False) else {}
         value = fn(
             _as_logits(targets[i], target_probs[i], fn, "teacher_from_logits"),
             _as_logits(predictions[i], prediction_probs[i], fn, "student_from_logits"),
             sample_weight=weights[i],
+            **extra,
         )
         value = tf.cast(value, tf.float32)
         if backend.LEGACY:  # Keras 3 losses scale per replica themselves

@@ -191,7 +191,11 @@ class Distiller(keras.Model):
                 `keras_kd.losses.KLDivergence(temperature=2.0)` by default.
                 For several outputs: one loss for all, or a list / dict
                 (keyed by output name) with a loss, or None to skip, per
-                output.
+                output. A loss that declares `requires_labels = True`
+                (`keras_kd.losses.DecoupledKD`) is given the batch's labels,
+                `labels=None` on a batch without them; one with a
+                `step_counter` attribute is given the optimizer's
+                `iterations`.
             alpha: weight of the distillation term, in [0, 1]:
                 `loss = alpha * distillation + (1 - alpha) * hard`. Ignored
                 when there is no teacher.
@@ -216,6 +220,10 @@ class Distiller(keras.Model):
         self._alpha.assign(alpha)
         self._has_hard_loss = loss is not None
         super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
+        if getattr(self, "optimizer", None) is not None:
+            _distillation.attach_step_counter(
+                self._distillation_loss, self.optimizer.iterations
+            )
 
     def get_compile_config(self):
         config = super().get_compile_config()
@@ -372,7 +380,12 @@ class Distiller(keras.Model):
         return tf.cast(loss, tf.float32)
 
     def compute_distillation_loss(
-        self, teacher_output, student_output, sample_weight=None, reverse=False
+        self,
+        teacher_output,
+        student_output,
+        sample_weight=None,
+        reverse=False,
+        labels=None,
     ):
         """The compiled distillation loss between teacher and student outputs.
 
@@ -387,6 +400,8 @@ class Distiller(keras.Model):
             reverse: swap the roles: the teacher learns towards the student's
                 outputs (the teacher's term of online distillation). Each
                 output keeps its own model's softmax detection.
+            labels: the batch's labels (`y`), or None; given to the losses
+                that declare `requires_labels = True`.
 
         Returns:
             A float32 scalar.
@@ -396,8 +411,19 @@ class Distiller(keras.Model):
         student = (tf.nest.flatten(student_output), self._student_probs)
         if reverse:
             teacher, student = student, teacher
+        per_output = None
+        if _distillation.needs_labels(fns):
+            per_output = _distillation.labels_per_output(
+                labels, student_output, self._output_names()
+            )
         return _distillation.distillation_term(
-            fns, teacher[0], student[0], teacher[1], student[1], sample_weight
+            fns,
+            teacher[0],
+            student[0],
+            teacher[1],
+            student[1],
+            sample_weight,
+            labels=per_output,
         )
 
     def compute_total_loss(self, x, y, y_pred, teacher_output, sample_weight=None):
@@ -424,7 +450,7 @@ class Distiller(keras.Model):
             total = hard
         else:
             distill = self.compute_distillation_loss(
-                teacher_output, y_pred, sample_weight
+                teacher_output, y_pred, sample_weight, labels=y
             )
             total = self._alpha * distill + (1.0 - self._alpha) * hard
         total = total + backend.regularization_loss(self.student)

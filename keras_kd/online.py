@@ -153,7 +153,11 @@ class OnlineDistiller(Distiller):
         if self.teacher_alpha > 0.0:
             frozen_student = tf.nest.map_structure(tf.stop_gradient, y_pred)
             towards_student = self.compute_distillation_loss(
-                teacher_output, frozen_student, sample_weight, reverse=True
+                teacher_output,
+                frozen_student,
+                sample_weight,
+                reverse=True,
+                labels=y,
             )
             loss = (
                 self.teacher_alpha * towards_student + (1.0 - self.teacher_alpha) * loss

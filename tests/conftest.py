@@ -177,3 +177,64 @@ def two_output_model(hidden, name):
     a = keras.layers.Dense(3, name="a")(h)
     b = keras.layers.Dense(5, name="b")(h)
     return keras.Model(inputs, [a, b], name=name)
+
+
+# References for DIST (Huang et al. 2022), logit standardization (Sun et al.
+# 2024) and DKD (Zhao et al. 2022), written from the papers in float64 numpy.
+
+
+def np_softmax(z, temperature=1.0):
+    return np.exp(np_log_softmax(np.asarray(z, np.float64) / temperature))
+
+
+def np_standardize(z):
+    """Sun et al. 2024: z-score with the sample standard deviation (ddof=1)."""
+    z = np.asarray(z, np.float64)
+    std = z.std(axis=-1, ddof=1, keepdims=True)
+    return (z - z.mean(axis=-1, keepdims=True)) / (std + 1e-7)
+
+
+def np_pearson(a, b, weights=None):
+    """Pearson correlation by `np.cov` (weighted by `aweights`); 0 where a
+    vector is constant, as in DIST's reference code."""
+    c = np.cov(a, b, aweights=weights)
+    return 0.0 if c[0, 0] * c[1, 1] == 0 else c[0, 1] / np.sqrt(c[0, 0] * c[1, 1])
+
+
+def np_dist_parts(t, s, temperature, weights=None):
+    """(per-sample inter-class terms, batch intra-class term) of DIST."""
+    pt, ps = np_softmax(t, temperature), np_softmax(s, temperature)
+    pt, ps = pt.reshape(-1, pt.shape[-1]), ps.reshape(-1, ps.shape[-1])
+    inter = np.array([1 - np_pearson(ps[i], pt[i]) for i in range(len(ps))])
+    classes = range(ps.shape[1])
+    intra = 1 - np.mean([np_pearson(ps[:, j], pt[:, j], weights) for j in classes])
+    return inter, intra
+
+
+def np_dist(t, s, temperature=1.0, beta=1.0, gamma=1.0, weights=None):
+    """DIST with Keras's default reduction: mean_i w_i * per-sample value."""
+    inter, intra = np_dist_parts(t, s, temperature, weights)
+    per = temperature**2 * (beta * inter + gamma * intra)
+    w = np.ones_like(per) if weights is None else np.asarray(weights, np.float64)
+    return np.mean(w * per)
+
+
+def np_dkd_parts(t, s, labels, temperature):
+    """Per-sample (TCKD, NCKD) of Zhao et al. 2022, from the probabilities."""
+    pt, ps = np_softmax(t, temperature), np_softmax(s, temperature)
+    tckd, nckd = [], []
+    for i, k in enumerate(labels):
+        bt = np.array([pt[i, k], 1 - pt[i, k]])
+        bs = np.array([ps[i, k], 1 - ps[i, k]])
+        tckd.append(np.sum(bt * np.log(bt / bs)))
+        others = np.arange(pt.shape[1]) != k
+        qt = pt[i, others] / pt[i, others].sum()
+        qs = ps[i, others] / ps[i, others].sum()
+        nckd.append(np.sum(qt * np.log(qt / qs)))
+    return np.array(tckd), np.array(nckd)
+
+
+def np_dkd(t, s, labels, temperature=4.0, target_weight=1.0, non_target_weight=8.0):
+    tckd, nckd = np_dkd_parts(t, s, labels, temperature)
+    per = temperature**2 * (target_weight * tckd + non_target_weight * nckd)
+    return per.mean()

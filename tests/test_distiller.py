@@ -12,8 +12,11 @@ from conftest import (
     hard_loss,
     keras3_only,
     make_mlp,
+    np_dist,
+    np_dkd,
     np_kl,
     np_log_softmax,
+    np_standardize,
     saved_model,
     trained_teacher,
     twins,
@@ -559,3 +562,280 @@ def test_distiller_saved_by_keras_kd_0_1_loads_and_behaves_the_same(name):
     assert d.alpha == pytest.approx(0.3)
     assert d.distillation_loss.temperature == 3.0
     assert_behaves_as_saved(d, reference, {"teacher": d.teacher, "student": d.student})
+
+
+# --- objectives that need the labels or the step: DecoupledKD, DIST ------------------
+# References (conftest.py) written from the papers in numpy.
+
+
+def np_references():
+    return np_dist, np_dkd, np_standardize
+
+
+def untrained_teacher():
+    """A teacher whose top class is often not the label, so that passing the
+    labels and using the teacher's top class give different losses."""
+    return make_mlp(16, name="teacher")
+
+
+@pytest.mark.parametrize("encoding", ["sparse", "one_hot"])
+def test_distiller_gives_the_batch_labels_to_decoupled_kd(data, encoding):
+    _, np_dkd, _ = np_references()
+    x, y = data
+    teacher, student = untrained_teacher(), make_mlp(4, name="student")
+    d = kd.Distiller(teacher=teacher, student=student)
+    one_hot = encoding == "one_hot"
+    d.compile(
+        optimizer="sgd",
+        loss=keras.losses.CategoricalCrossentropy(from_logits=True)
+        if one_hot
+        else hard_loss(),
+        distillation_loss=kd.losses.DecoupledKD(temperature=2.0),
+        alpha=0.5,
+    )
+    labels = np.eye(3, dtype="float32")[y] if one_hot else y
+    logs = d.evaluate(x, labels, batch_size=16, return_dict=True, verbose=0)
+    t, s = teacher.predict(x, verbose=0), student.predict(x, verbose=0)
+    assert logs["distillation_loss"] == pytest.approx(np_dkd(t, s, y, 2.0), rel=1e-4)
+    top = np.argmax(t, -1)
+    assert np.mean(top != y) > 0.3
+    assert logs["distillation_loss"] != pytest.approx(np_dkd(t, s, top, 2.0), rel=1e-2)
+
+
+def test_unlabelled_batches_give_decoupled_kd_the_teachers_top_class(data):
+    _, np_dkd, _ = np_references()
+    x, y = data
+    teacher, student = untrained_teacher(), make_mlp(4, name="student")
+    # what the single training step below sees (no dropout)
+    t, s = teacher.predict(x, verbose=0), student.predict(x, verbose=0)
+    d = kd.Distiller(teacher=teacher, student=student)
+    d.compile(
+        optimizer=keras.optimizers.SGD(0.1),
+        loss=None,
+        distillation_loss=kd.losses.DecoupledKD(temperature=2.0),
+        alpha=1.0,
+    )
+    history = d.fit(x, batch_size=len(x), epochs=1, verbose=0).history
+    logged = history["distillation_loss"][0]
+    assert logged == pytest.approx(np_dkd(t, s, np.argmax(t, -1), 2.0), rel=1e-4)
+    assert logged != pytest.approx(np_dkd(t, s, y, 2.0), rel=1e-2)
+    assert history["hard_loss"] == [0.0]
+
+
+def test_decoupled_kd_warmup_follows_the_distillers_training_steps(data):
+    _, np_dkd, _ = np_references()
+    x, y = data
+    teacher, student = untrained_teacher(), make_mlp(4, name="student")
+    loss = kd.losses.DecoupledKD(temperature=2.0, warmup_steps=8)
+    d = kd.Distiller(teacher=teacher, student=student)
+    # learning rate 0: the student stays as it is, only the step advances
+    d.compile(
+        optimizer=keras.optimizers.SGD(0.0), loss=hard_loss(), distillation_loss=loss
+    )
+    assert loss.step_counter is d.optimizer.iterations
+    full = np_dkd(teacher.predict(x, verbose=0), student.predict(x, verbose=0), y, 2.0)
+    history = d.fit(x, y, batch_size=len(x), epochs=3, verbose=0).history
+    np.testing.assert_allclose(
+        history["distillation_loss"], [full / 8, 2 * full / 8, 3 * full / 8], rtol=1e-4
+    )
+    d.fit(x, y, batch_size=16, epochs=2, verbose=0)  # 8 steps more
+    logs = d.evaluate(x, y, batch_size=64, return_dict=True, verbose=0)
+    assert logs["distillation_loss"] == pytest.approx(full, rel=1e-4)
+
+
+def test_distiller_dist_matches_numpy_with_sample_weights(data):
+    np_dist, _, _ = np_references()
+    x, y = data
+    teacher, student = trained_teacher(x, y), make_mlp(4, name="student")
+    d = kd.Distiller(teacher=teacher, student=student)
+    d.compile(
+        optimizer="sgd",
+        loss=hard_loss(),
+        distillation_loss=kd.losses.DIST(temperature=2.0),
+        alpha=0.5,
+    )
+    t, s = teacher.predict(x, verbose=0), student.predict(x, verbose=0)
+    w = np.linspace(0.0, 2.0, len(x)).astype("float32")
+    logs = d.evaluate(x, y, batch_size=len(x), return_dict=True, verbose=0)
+    assert logs["distillation_loss"] == pytest.approx(np_dist(t, s, 2.0), rel=1e-4)
+    logs = d.evaluate(
+        x, y, sample_weight=w, batch_size=len(x), return_dict=True, verbose=0
+    )
+    assert logs["distillation_loss"] == pytest.approx(
+        np_dist(t, s, 2.0, weights=w), rel=1e-4
+    )
+    d.fit(x, y, sample_weight=w, batch_size=16, epochs=1, verbose=0)
+
+
+def test_each_output_gets_its_own_labels(data):
+    _, np_dkd, _ = np_references()
+    x, y = data
+    y2 = (y + 1) % 5
+    teacher, student = two_output_model(16, "teacher"), two_output_model(4, "student")
+    d = kd.Distiller(teacher=teacher, student=student)
+    d.compile(
+        optimizer="adam",
+        loss=[hard_loss(), hard_loss()],
+        distillation_loss=[
+            kd.losses.DecoupledKD(2.0),
+            kd.losses.DecoupledKD(3.0, non_target_weight=2.0),
+        ],
+    )
+    logs = d.evaluate(x, (y, y2), batch_size=64, return_dict=True, verbose=0)
+    (t_a, t_b) = teacher.predict(x, verbose=0)
+    (s_a, s_b) = student.predict(x, verbose=0)
+    expected = np_dkd(t_a, s_a, y, 2.0) + np_dkd(t_b, s_b, y2, 3.0, 1.0, 2.0)
+    assert logs["distillation_loss"] == pytest.approx(expected, rel=1e-4)
+
+
+@pytest.mark.parametrize("objective", ["dist", "decoupled_kd", "standardized_kl"])
+def test_new_objectives_log_float32_losses_under_mixed_float16(data, objective):
+    np_dist, np_dkd, np_standardize = np_references()
+    x, y = data
+    teacher = trained_teacher(x, y)
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    student = make_mlp(4)
+    loss, reference = {
+        "dist": (kd.losses.DIST(2.0), lambda t, s: np_dist(t, s, 2.0)),
+        "decoupled_kd": (kd.losses.DecoupledKD(2.0), lambda t, s: np_dkd(t, s, y, 2.0)),
+        "standardized_kl": (
+            kd.losses.KLDivergence(2.0, standardize=True),
+            lambda t, s: np_kl(np_standardize(t), np_standardize(s), 2.0),
+        ),
+    }[objective]
+    d = kd.Distiller(teacher=teacher, student=student)
+    d.compile(
+        optimizer=keras.optimizers.SGD(0.1),
+        loss=hard_loss(),
+        distillation_loss=loss,
+        alpha=0.5,
+    )
+    s = np.asarray(student(x, training=True)).astype(np.float64)
+    t = teacher.predict(x, verbose=0)
+    assert student(x[:1]).dtype == "float16"  # the policy is in force
+    history = d.fit(x, y, batch_size=len(x), epochs=1, verbose=0).history
+    assert history["distillation_loss"][0] == pytest.approx(reference(t, s), rel=2e-3)
+    value = d.compute_distillation_loss(teacher(x), student(x), labels=y)
+    assert value.dtype == "float32"
+
+
+@pytest.mark.parametrize("objective", ["dist", "decoupled_kd"])
+def test_new_objectives_under_jit_compile_match_numpy(data, objective):
+    np_dist, np_dkd, _ = np_references()
+    x, y = data
+    teacher, student = untrained_teacher(), make_mlp(4, name="student")
+    loss = kd.losses.DIST(2.0) if objective == "dist" else kd.losses.DecoupledKD(2.0)
+    d = kd.Distiller(teacher=teacher, student=student)
+    d.compile(
+        optimizer="sgd",
+        loss=hard_loss(),
+        distillation_loss=loss,
+        alpha=0.5,
+        jit_compile=True,
+    )
+    logs = d.evaluate(x, y, batch_size=len(x), return_dict=True, verbose=0)
+    t, s = teacher.predict(x, verbose=0), student.predict(x, verbose=0)
+    expected = np_dist(t, s, 2.0) if objective == "dist" else np_dkd(t, s, y, 2.0)
+    assert logs["distillation_loss"] == pytest.approx(expected, rel=1e-4)
+    history = d.fit(x, y, batch_size=16, epochs=1, verbose=0).history
+    assert np.isfinite(history["loss"][0])
+
+
+def test_distiller_with_decoupled_kd_saves_and_loads(data, tmp_path):
+    x, y = data
+    d = kd.Distiller(teacher=trained_teacher(x, y), student=make_mlp(4))
+    d.compile(
+        optimizer="adam",
+        loss=hard_loss(),
+        distillation_loss=kd.losses.DecoupledKD(
+            3.0, non_target_weight=4.0, warmup_steps=5
+        ),
+        alpha=0.5,
+    )
+    d.fit(x, y, batch_size=16, epochs=1, verbose=0)
+    path = str(tmp_path / "distiller.keras")
+    d.save(path)
+    restored = keras.saving.load_model(path)
+    loss = restored.distillation_loss
+    assert isinstance(loss, kd.losses.DecoupledKD)
+    assert loss.get_config() == d.distillation_loss.get_config()
+    assert loss.step_counter is restored.optimizer.iterations
+    a = d.evaluate(x, y, batch_size=64, return_dict=True, verbose=0)
+    b = restored.evaluate(x, y, batch_size=64, return_dict=True, verbose=0)
+    for key in a:
+        assert b[key] == pytest.approx(a[key], rel=1e-5), key
+
+
+MIRRORED_OBJECTIVES = """
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(
+    cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import numpy as np
+import keras_kd as kd
+from keras_kd.backend import keras
+
+rng = np.random.default_rng(0)
+x = rng.normal(size=(64, 8)).astype("float32")
+y = rng.integers(0, 3, 64)
+
+def mlp(h):
+    return keras.Sequential([keras.Input((8,)), keras.layers.Dense(h, "relu"),
+                             keras.layers.Dense(3)])
+
+keras.utils.set_random_seed(0)
+teacher_w, student_w = mlp(16).get_weights(), mlp(4).get_weights()
+strategies = {"default": tf.distribute.get_strategy(),
+              "mirrored": tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])}
+results = {}
+for name, strategy in strategies.items():
+    with strategy.scope():
+        t, s = mlp(16), mlp(4)
+        t.set_weights(teacher_w)
+        s.set_weights(student_w)
+        # per-sample objective, labels and warm-up: replicas change nothing
+        dkd = kd.Distiller(teacher=t, student=s)
+        dkd.compile(optimizer=keras.optimizers.SGD(0.1),
+                    loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                    distillation_loss=kd.losses.DecoupledKD(2.0, warmup_steps=3),
+                    alpha=0.5)
+        # batch-level objective: computed on each replica's half batch
+        dist = kd.Distiller(teacher=t, student=s)
+        dist.compile(optimizer="sgd", loss=None, alpha=1.0,
+                     distillation_loss=kd.losses.DIST(2.0))
+    history = dkd.fit(x, y, batch_size=32, epochs=2, shuffle=False, verbose=0)
+    after = dkd.evaluate(x, y, batch_size=32, verbose=0, return_dict=True)
+    logged = dist.evaluate(x, batch_size=32, verbose=0, return_dict=True)
+    results[name] = (history.history, after, s.get_weights(), logged)
+one, two = results["default"], results["mirrored"]
+for key in one[0]:
+    np.testing.assert_allclose(two[0][key], one[0][key], rtol=1e-4, err_msg=key)
+for key in one[1]:
+    np.testing.assert_allclose(two[1][key], one[1][key], rtol=1e-4, err_msg=key)
+for a, b in zip(one[2], two[2]):
+    np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5)
+assert not np.allclose(one[2][0], student_w[0]), "the student did not train"
+tl, sl = t.predict(x, verbose=0), s.predict(x, verbose=0)
+loss = kd.losses.DIST(2.0)
+def mean_over(size):
+    return np.mean([float(loss(tl[i:i + size], sl[i:i + size]))
+                    for i in range(0, 64, size)])
+np.testing.assert_allclose(one[3]["distillation_loss"], mean_over(32), rtol=1e-4)
+np.testing.assert_allclose(two[3]["distillation_loss"], mean_over(16), rtol=1e-4)
+assert abs(mean_over(16) - mean_over(32)) > 1e-4 * mean_over(32)
+print("SAME")
+"""
+
+
+def test_new_objectives_under_a_mirrored_strategy():
+    # DecoupledKD (labels, warm-up) gives one replica's result on two; DIST's
+    # intra-class term is computed on each replica's share of the batch.
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    result = subprocess.run(
+        [sys.executable, "-c", MIRRORED_OBJECTIVES],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0 and "SAME" in result.stdout, result.stderr[-3000:]

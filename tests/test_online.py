@@ -7,6 +7,7 @@ from conftest import (
     assert_behaves_as_saved,
     hard_loss,
     make_mlp,
+    np_dkd,
     np_kl,
     np_log_softmax,
     saved_model,
@@ -297,3 +298,26 @@ def test_mutual_learning_saved_by_keras_kd_0_1_still_loads():
     assert_behaves_as_saved(
         m, reference, {f"peer{i}": p for i, p in enumerate(m.peers)}
     )
+
+
+def test_online_teacher_term_gives_labels_to_decoupled_kd(data):
+    x, y = data
+    teacher, student = make_mlp(16, name="t"), make_mlp(4, name="s")
+    t = teacher(x, training=False).numpy()
+    s = student(x, training=False).numpy()
+    d = kd.Distiller(
+        teacher=teacher, student=student, train_teacher=True, teacher_alpha=1.0
+    )
+    d.compile(
+        optimizer=keras.optimizers.SGD(0.0),
+        loss=hard_loss(),
+        distillation_loss=kd.losses.DecoupledKD(temperature=2.0),
+        alpha=1.0,
+    )
+    logs = d.fit(x, y, batch_size=len(x), epochs=1, shuffle=False, verbose=0).history
+    # The teacher learns towards the student with the true labels, not with
+    # the student's top class standing in for them.
+    expected = np_dkd(s, t, y, temperature=2.0)
+    assert logs["teacher_loss"][0] == pytest.approx(expected, rel=1e-4)
+    stand_in = np_dkd(s, t, s.argmax(-1), temperature=2.0)
+    assert abs(expected - stand_in) > 1e-3

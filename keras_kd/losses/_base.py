@@ -1,14 +1,10 @@
-"""Distillation losses.
+"""What every distillation loss shares: argument checks, softening, the base.
 
-Each loss compares a student's output (`y_pred`) with a teacher's output
-(`y_true`) softened by a temperature. They are ordinary `keras.losses.Loss`
-subclasses: the `Distiller` uses them, and so can any Keras model compiled
-with teacher outputs as its targets (`model.compile(loss=KLDivergence(4.0))`
-with `model.fit(x, teacher_logits)`).
-
-The computation always runs in float32, whatever the mixed-precision policy,
-and softens logits with a numerically stable `log_softmax`, never
-`log(softmax(...))`.
+`_SoftTargetLoss` holds the arguments of the temperature-softened losses
+(temperature, its variable for schedules, `*_from_logits`, `standardize`) and
+their config; `_bound_call` gives a loss whose per-sample values depend on
+more than one sample's outputs (the batch's sample weights, the labels)
+Keras's own reduction, sample weighting and per-replica scaling.
 """
 
 from __future__ import annotations
@@ -16,7 +12,11 @@ from __future__ import annotations
 import numbers
 
 from keras_kd import _utils
-from keras_kd.backend import keras, register_serializable, tf
+from keras_kd.backend import keras, tf
+
+# Added to the standard deviation of a logit vector before dividing by it
+# (Sun et al. 2024), so that a constant vector standardizes to zeros.
+STANDARDIZE_EPSILON = 1e-7
 
 
 def validate_temperature(temperature, argument: str = "temperature") -> float:
@@ -43,7 +43,35 @@ def validate_temperature(temperature, argument: str = "temperature") -> float:
     return float(temperature)
 
 
-def softened_log_probs(values, temperature, from_logits: bool = True):
+def standardize_logits(logits):
+    """Each logit vector z-scored over the last axis, in float32.
+
+    `(z - mean(z)) / (std(z) + 1e-7)`, with the sample standard deviation
+    (divided by `K - 1` for `K` classes), as in the code of Sun et al.
+    (CVPR 2024, "Logit Standardization in Knowledge Distillation"). The
+    result does not change when a constant is added to `z`, so
+    log-probabilities standardize exactly as the logits they came from.
+
+    Args:
+        logits: a tensor of logits along its last axis.
+
+    Returns:
+        A float32 tensor of the same shape.
+    """
+    logits = tf.cast(logits, tf.float32)
+    centred = logits - tf.reduce_mean(logits, axis=-1, keepdims=True)
+    count = tf.cast(tf.shape(logits)[-1], tf.float32)
+    variance = tf.reduce_sum(tf.square(centred), axis=-1, keepdims=True) / tf.maximum(
+        count - 1.0, 1.0
+    )
+    # The floor keeps the gradient of sqrt finite for a constant vector.
+    std = tf.sqrt(tf.maximum(variance, 1e-30))
+    return centred / (std + STANDARDIZE_EPSILON)
+
+
+def softened_log_probs(
+    values, temperature, from_logits: bool = True, standardize: bool = False
+):
     """Log-probabilities of `softmax(logits / temperature)`, in float32.
 
     Args:
@@ -54,6 +82,8 @@ def softened_log_probs(values, temperature, from_logits: bool = True):
         from_logits: whether `values` are logits. Probabilities are turned
             into log-probabilities first (`log(p)` is a valid set of logits
             for `p`), clipped away from 0.
+        standardize: z-score the logits over the last axis before dividing
+            by the temperature (see `standardize_logits`).
 
     Returns:
         A float32 tensor of the same shape as `values`.
@@ -61,6 +91,8 @@ def softened_log_probs(values, temperature, from_logits: bool = True):
     values = tf.cast(values, tf.float32)
     if not from_logits:
         values = _utils.log_probs(values)
+    if standardize:
+        values = standardize_logits(values)
     temperature = tf.cast(temperature, tf.float32)
     return tf.nn.log_softmax(values / temperature, axis=-1)
 
@@ -131,6 +163,48 @@ def as_loss(value, argument: str = "loss", example: str | None = None):
     )
 
 
+class _BoundCall(keras.losses.Loss):
+    """One call of `owner.call(y_true, y_pred, **bound)` under Keras's
+    reduction, sample weighting and per-replica scaling, with `owner`'s name
+    and reduction.
+
+    Built afresh for each call (at trace time in a compiled step), so that
+    nothing about one batch is stored on the loss itself, which replicas of
+    a `tf.distribute` strategy share.
+    """
+
+    def __init__(self, owner, **bound):
+        super().__init__(name=owner.name, reduction=owner.reduction)
+        self._owner = owner
+        self._bound = bound
+        # tf_keras: the Distiller allows the batch mean under a strategy on
+        # the loss it was given (backend.allow_batch_mean_under_strategy).
+        allowed = getattr(owner, "_allow_sum_over_batch_size", None)
+        if allowed is not None:
+            self._allow_sum_over_batch_size = allowed
+
+    @tf.autograph.experimental.do_not_convert  # plain tensor code, nothing to convert
+    def call(self, y_true, y_pred):
+        return self._owner.call(y_true, y_pred, **self._bound)
+
+
+def bound_call(owner, y_true, y_pred, sample_weight, bound: dict):
+    """`owner(y_true, y_pred, sample_weight)` with `bound` passed to its `call`.
+
+    Args:
+        owner: a `keras.losses.Loss` whose `call` takes `bound` as keywords.
+        y_true: the targets.
+        y_pred: the predictions.
+        sample_weight: sample weights applied by Keras, or None.
+        bound: extra tensors `owner.call` needs (labels, the weights), by
+            keyword.
+
+    Returns:
+        What `owner.__call__` would return: the reduced loss.
+    """
+    return _BoundCall(owner, **bound)(y_true, y_pred, sample_weight=sample_weight)
+
+
 class _SoftTargetLoss(keras.losses.Loss):
     """Shared arguments and config of the temperature-softened losses.
 
@@ -138,6 +212,9 @@ class _SoftTargetLoss(keras.losses.Loss):
     """
 
     default_name: str | None = None
+    # Whether the Distiller must pass the batch's labels:
+    # `loss(teacher, student, sample_weight=..., labels=y)` (see DecoupledKD).
+    requires_labels = False
 
     def __init__(
         self,
@@ -146,6 +223,7 @@ class _SoftTargetLoss(keras.losses.Loss):
         student_from_logits: bool = True,
         reduction: str = "sum_over_batch_size",
         name: str | None = None,
+        standardize: bool = False,
     ):
         super().__init__(name=name or self.default_name, reduction=reduction)
         self._temperature = validate_temperature(temperature)
@@ -156,6 +234,7 @@ class _SoftTargetLoss(keras.losses.Loss):
         self.student_from_logits = _utils.check_bool(
             student_from_logits, "student_from_logits"
         )
+        self.standardize = _utils.check_bool(standardize, "standardize")
 
     @property
     def temperature(self) -> float:
@@ -200,12 +279,16 @@ class _SoftTargetLoss(keras.losses.Loss):
         return self._temperature
 
     def _log_probs(self, y_true, y_pred):
-        temperature = self._current_temperature()
+        """Softened log-probabilities of the teacher (gradient stopped) and
+        the student, and the temperature as a float32 scalar."""
+        temperature = tf.cast(self._current_temperature(), tf.float32)
         log_p_teacher = tf.stop_gradient(
-            softened_log_probs(y_true, temperature, self.teacher_from_logits)
+            softened_log_probs(
+                y_true, temperature, self.teacher_from_logits, self.standardize
+            )
         )
         log_p_student = softened_log_probs(
-            y_pred, temperature, self.student_from_logits
+            y_pred, temperature, self.student_from_logits, self.standardize
         )
         return log_p_teacher, log_p_student, temperature
 
@@ -216,103 +299,42 @@ class _SoftTargetLoss(keras.losses.Loss):
                 "temperature": self.temperature,
                 "teacher_from_logits": self.teacher_from_logits,
                 "student_from_logits": self.student_from_logits,
+                "standardize": self.standardize,
             }
         )
         return config
 
 
-@register_serializable
-class KLDivergence(_SoftTargetLoss):
-    """Hinton et al. (2015) distillation loss: KL divergence at a temperature.
+def check_weight(value, argument: str, what: str) -> float:
+    """A non-negative term weight as a float."""
+    return _utils.check_number(value, argument, low=0.0, what=what)
 
-    `T**2 * KL(softmax(teacher / T) || softmax(student / T))`, summed over the
-    last axis. The `T**2` factor keeps the gradient's magnitude independent of
-    the temperature, so that the `alpha` of a `Distiller` means the same thing
-    at every temperature. With the default reduction the result is averaged
-    over the batch (PyTorch's `reduction="batchmean"`), and over any other
-    leading axes such as sequence positions.
 
-    Use it to distil classification logits. It is zero when the student's
-    softened distribution equals the teacher's.
-
-    Args:
-        temperature: positive float; higher values soften both distributions
-            and reveal more of the teacher's "dark knowledge". Hinton et al.
-            use 2 to 20.
-        teacher_from_logits: whether `y_true` holds logits (default) or
-            probabilities (e.g. a teacher whose last layer is a softmax).
-        student_from_logits: whether `y_pred` holds logits (default) or
-            probabilities.
-        reduction: a Keras loss reduction, `"sum_over_batch_size"` by default.
-        name: optional name of the loss.
-
-    Returns:
-        A scalar loss in float32 (or a per-sample one with
-        `reduction="none"`).
-
-    Example:
-
-    >>> import numpy as np, keras_kd as kd
-    >>> loss = kd.losses.KLDivergence(temperature=4.0)
-    >>> teacher_logits = np.array([[2.0, 1.0, 0.1]])
-    >>> float(loss(teacher_logits, teacher_logits))  # identical distributions
-    0.0
-    """
-
-    default_name = "kl_divergence"
-
-    @tf.autograph.experimental.do_not_convert  # plain tensor code, nothing to convert
-    def call(self, y_true, y_pred):
-        log_p_teacher, log_p_student, temperature = self._log_probs(y_true, y_pred)
-        kl = tf.reduce_sum(
-            tf.exp(log_p_teacher) * (log_p_teacher - log_p_student), axis=-1
+def check_some_weight(weights: dict) -> None:
+    """Raises when every term of a loss is weighted 0 (it would be 0)."""
+    if all(value == 0.0 for value in weights.values()):
+        received = ", ".join(f"{k}={v}" for k, v in weights.items())
+        raise ValueError(
+            f"Arguments {', '.join(f'`{k}`' for k in weights)} cannot all be 0: "
+            f"the loss would always be 0. Received: {received}. Give at least "
+            "one term a positive weight."
         )
-        return kl * tf.square(tf.cast(temperature, tf.float32))
 
 
-@register_serializable
-class SoftTargetCrossEntropy(_SoftTargetLoss):
-    """Cross-entropy of the student against the teacher's soft targets.
+def weights_like(sample_weight, values):
+    """`sample_weight` as float32 of `values`' shape (None stays None).
 
-    `-T**2 * sum(softmax(teacher / T) * log_softmax(student / T))` over the
-    last axis. It differs from `KLDivergence` by the teacher's entropy, a
-    constant for the student, so the gradients are the same; the value is
-    what many papers and libraries report as "the distillation loss".
-
-    Args:
-        temperature: positive float, the softmax temperature.
-        teacher_from_logits: whether `y_true` holds logits (default) or
-            probabilities.
-        student_from_logits: whether `y_pred` holds logits (default) or
-            probabilities.
-        reduction: a Keras loss reduction, `"sum_over_batch_size"` by default.
-        name: optional name of the loss.
-
-    Returns:
-        A scalar loss in float32 (or a per-sample one with
-        `reduction="none"`).
-
-    Example:
-
-    >>> import numpy as np, keras_kd as kd
-    >>> loss = kd.losses.SoftTargetCrossEntropy(temperature=1.0)
-    >>> round(float(loss(np.array([[0.0, 0.0]]), np.array([[0.0, 0.0]]))), 4)
-    0.6931
+    Trailing axes of size 1 are added up to `values`' rank (one weight per
+    sequence for per-position values); a trailing axis of size 1 beyond it
+    is dropped.
     """
-
-    default_name = "soft_target_cross_entropy"
-
-    @tf.autograph.experimental.do_not_convert  # plain tensor code, nothing to convert
-    def call(self, y_true, y_pred):
-        log_p_teacher, log_p_student, temperature = self._log_probs(y_true, y_pred)
-        cross_entropy = -tf.reduce_sum(tf.exp(log_p_teacher) * log_p_student, axis=-1)
-        return cross_entropy * tf.square(tf.cast(temperature, tf.float32))
-
-
-__all__ = [
-    "KLDivergence",
-    "SoftTargetCrossEntropy",
-    "as_loss",
-    "softened_log_probs",
-    "validate_temperature",
-]
+    if sample_weight is None:
+        return None
+    weight = tf.cast(sample_weight, tf.float32)
+    rank = values.shape.rank
+    if weight.shape.rank == rank + 1 and weight.shape[-1] == 1:
+        weight = tf.squeeze(weight, axis=-1)
+    extra = rank - weight.shape.rank
+    if extra > 0:
+        weight = tf.reshape(weight, tf.concat([tf.shape(weight), [1] * extra], 0))
+    return tf.broadcast_to(weight, tf.shape(values))

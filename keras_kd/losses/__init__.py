@@ -1,0 +1,45 @@
+"""Distillation losses.
+
+Each loss compares a student's output (`y_pred`) with a teacher's output
+(`y_true`) softened by a temperature. They are ordinary `keras.losses.Loss`
+subclasses: the `Distiller` uses them, and so can any Keras model compiled
+with teacher outputs as its targets (`model.compile(loss=KLDivergence(4.0))`
+with `model.fit(x, teacher_logits)`).
+
+| loss | the student matches | paper |
+| --- | --- | --- |
+| `KLDivergence` | the teacher's softened probabilities | Hinton 2015 |
+| `KLDivergence(standardize=True)` | the same, logits z-scored | Sun 2024 |
+| `SoftTargetCrossEntropy` | as `KLDivergence` (+ teacher entropy) | Hinton 2015 |
+| `DIST` | correlations over classes and the batch | Huang 2022 |
+| `DecoupledKD` | target / non-target parts apart; labels | Zhao 2022 |
+
+The computation always runs in float32, whatever the mixed-precision policy,
+and softens logits with a numerically stable `log_softmax`, never
+`log(softmax(...))`.
+
+A loss that needs the batch's true classes sets `requires_labels = True`
+and accepts `labels=` in `__call__`; the `Distiller` then calls it as
+`loss(teacher_output, student_output, sample_weight=..., labels=y)`, with
+`labels=None` on a batch without labels.
+"""
+
+from keras_kd.losses._base import (
+    as_loss,
+    softened_log_probs,
+    standardize_logits,
+    validate_temperature,
+)
+from keras_kd.losses.decoupled import DecoupledKD
+from keras_kd.losses.response import DIST, KLDivergence, SoftTargetCrossEntropy
+
+__all__ = [
+    "DIST",
+    "DecoupledKD",
+    "KLDivergence",
+    "SoftTargetCrossEntropy",
+    "as_loss",
+    "softened_log_probs",
+    "standardize_logits",
+    "validate_temperature",
+]
