@@ -157,6 +157,7 @@ class SelfDistillation(keras.callbacks.Callback):
         self.mode = mode
         self.keep_weights = _utils.check_bool(keep_weights, "keep_weights")
         self.early_stopping = early_stopping
+        self._early_stopping_start = []  # its `best` at the start of training
         self.seed = seed
         self.backup_dir = backup_dir
         self.verbose = verbose
@@ -209,10 +210,15 @@ class SelfDistillation(keras.callbacks.Callback):
 
         Keras before 3.15 does not reset `best` in `on_train_begin`, so a new
         generation would be compared with the previous one's best and end
-        after one epoch; reset it here, whatever the Keras version.
+        after one epoch. The value `best` has after the first reset (the
+        flavour's own start value: the baseline, +-inf or None) is put back
+        at every later one, whatever the Keras version.
         """
         self.early_stopping.on_train_begin()
-        self.early_stopping.best = self.early_stopping.baseline
+        if not self._early_stopping_start:
+            self._early_stopping_start.append(self.early_stopping.best)
+        else:
+            self.early_stopping.best = self._early_stopping_start[0]
 
     def on_train_begin(self, logs=None):
         distiller = self._distiller()
