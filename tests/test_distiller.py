@@ -565,11 +565,8 @@ def test_distiller_saved_by_keras_kd_0_1_loads_and_behaves_the_same(name):
 
 
 # --- objectives that need the labels or the step: DecoupledKD, DIST ------------------
-# References (conftest.py) written from the papers in numpy.
-
-
-def np_references():
-    return np_dist, np_dkd, np_standardize
+# References (np_dist, np_dkd, np_standardize in conftest.py) written from the
+# papers in numpy.
 
 
 def untrained_teacher():
@@ -580,7 +577,6 @@ def untrained_teacher():
 
 @pytest.mark.parametrize("encoding", ["sparse", "one_hot"])
 def test_distiller_gives_the_batch_labels_to_decoupled_kd(data, encoding):
-    _, np_dkd, _ = np_references()
     x, y = data
     teacher, student = untrained_teacher(), make_mlp(4, name="student")
     d = kd.Distiller(teacher=teacher, student=student)
@@ -603,7 +599,6 @@ def test_distiller_gives_the_batch_labels_to_decoupled_kd(data, encoding):
 
 
 def test_unlabelled_batches_give_decoupled_kd_the_teachers_top_class(data):
-    _, np_dkd, _ = np_references()
     x, y = data
     teacher, student = untrained_teacher(), make_mlp(4, name="student")
     # what the single training step below sees (no dropout)
@@ -623,7 +618,6 @@ def test_unlabelled_batches_give_decoupled_kd_the_teachers_top_class(data):
 
 
 def test_decoupled_kd_warmup_follows_the_distillers_training_steps(data):
-    _, np_dkd, _ = np_references()
     x, y = data
     teacher, student = untrained_teacher(), make_mlp(4, name="student")
     loss = kd.losses.DecoupledKD(temperature=2.0, warmup_steps=8)
@@ -644,7 +638,6 @@ def test_decoupled_kd_warmup_follows_the_distillers_training_steps(data):
 
 
 def test_distiller_dist_matches_numpy_with_sample_weights(data):
-    np_dist, _, _ = np_references()
     x, y = data
     teacher, student = trained_teacher(x, y), make_mlp(4, name="student")
     d = kd.Distiller(teacher=teacher, student=student)
@@ -668,7 +661,6 @@ def test_distiller_dist_matches_numpy_with_sample_weights(data):
 
 
 def test_each_output_gets_its_own_labels(data):
-    _, np_dkd, _ = np_references()
     x, y = data
     y2 = (y + 1) % 5
     teacher, student = two_output_model(16, "teacher"), two_output_model(4, "student")
@@ -690,7 +682,6 @@ def test_each_output_gets_its_own_labels(data):
 
 @pytest.mark.parametrize("objective", ["dist", "decoupled_kd", "standardized_kl"])
 def test_new_objectives_log_float32_losses_under_mixed_float16(data, objective):
-    np_dist, np_dkd, np_standardize = np_references()
     x, y = data
     teacher = trained_teacher(x, y)
     keras.mixed_precision.set_global_policy("mixed_float16")
@@ -721,7 +712,6 @@ def test_new_objectives_log_float32_losses_under_mixed_float16(data, objective):
 
 @pytest.mark.parametrize("objective", ["dist", "decoupled_kd"])
 def test_new_objectives_under_jit_compile_match_numpy(data, objective):
-    np_dist, np_dkd, _ = np_references()
     x, y = data
     teacher, student = untrained_teacher(), make_mlp(4, name="student")
     loss = kd.losses.DIST(2.0) if objective == "dist" else kd.losses.DecoupledKD(2.0)
