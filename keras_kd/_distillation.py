@@ -3,14 +3,17 @@
 Checks of a distiller's arguments, the pairing of a teacher's outputs with a
 student's, one distillation loss per output, and what a loss may ask the
 distiller for: the batch's labels (`requires_labels = True`) and the
-training step (a `step_counter` attribute). `keras_kd/distiller.py` and
-`keras_kd/online.py` use them; users import nothing from here.
+training step (a `step_counter` attribute), and the reading of a batch
+that mixes labelled and unlabelled examples (`keras_kd.data.MixedBatch`).
+`keras_kd/distiller.py` and `keras_kd/online.py` use them; users import
+nothing from here.
 """
 
 from __future__ import annotations
 
-from keras_kd import _utils, backend
+from keras_kd import _utils, augment, backend
 from keras_kd.backend import keras, tf
+from keras_kd.data import MixedBatch
 from keras_kd.losses import as_loss
 
 # ---------------------------------------------------------------------------
@@ -28,6 +31,19 @@ def check_trainable(student) -> None:
             f"{len(student.weights)} weights. Expected a model with trainable "
             "weights (is `student.trainable` False?)."
         )
+
+
+def check_consistent_teaching(augmentation, mixup, owner, trains_teacher):
+    """A distiller's `augmentation` and `mixup`, checked; mixup as a `MixUp`."""
+    augmentation = augment.check_augmentation(augmentation)
+    mixup = augment.as_mixup(mixup)
+    if (augmentation is not None or mixup is not None) and trains_teacher:
+        raise ValueError(
+            "Arguments `augmentation` and `mixup` are for a frozen teacher: "
+            f"{owner} trains its teacher, which does not support them. "
+            f"Received: augmentation={augmentation!r}, mixup={mixup!r}."
+        )
+    return augmentation, mixup
 
 
 def check_hard_loss(loss) -> None:
@@ -278,3 +294,69 @@ def distillation_term(
     if not terms:
         return tf.zeros((), tf.float32)
     return tf.add_n(terms)
+
+
+# ---------------------------------------------------------------------------
+# Batches of labelled and unlabelled examples
+# ---------------------------------------------------------------------------
+
+
+def unpack_batch(data):
+    """`(x, y, sample_weight, labelled)` of a batch that `fit` gives.
+
+    A `MixedBatch` (checked before Keras's unpacking, which would read it as
+    `(x, y, sample_weight)`) gives its labelled and unlabelled inputs
+    concatenated, labelled rows first, its labels, no sample weights and
+    `labelled`, the number of labelled rows (a scalar tensor). Any other
+    batch is unpacked as Keras does, with `labelled=None`.
+    """
+    if isinstance(data, MixedBatch):
+        x = tf.nest.map_structure(
+            lambda a, b: tf.concat([a, b], axis=0), data.x, data.unlabelled_x
+        )
+        labelled = tf.shape(tf.nest.flatten(data.x)[0])[0]
+        return x, data.y, None, labelled
+    x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+    return x, y, sample_weight, None
+
+
+def refuse_mixed_batch(data, owner: str) -> None:
+    """Raises if `data` is a `MixedBatch`, which `owner` cannot train on."""
+    if isinstance(data, MixedBatch):
+        raise ValueError(
+            f"{owner} cannot train on batches of `keras_kd.data.mix` "
+            "(labelled and unlabelled examples together): its models learn "
+            "from the labels. Use `keras_kd.Distiller` for a transfer set."
+        )
+
+
+def labelled_rows(values, labelled):
+    """The first `labelled` rows of each tensor of `values` (all if None)."""
+    if labelled is None:
+        return values
+    return tf.nest.map_structure(lambda t: t[:labelled], values)
+
+
+def mixed_batch_labels(fns, y, teacher_output, labelled, y_pred, output_names):
+    """For the losses among `fns` that require labels (None if none does or
+    without a teacher), per output: the labelled rows' labels followed by the
+    teacher's top class on the unlabelled rows, encoded as the labels are
+    (sparse, sparse with a trailing 1, or one-hot)."""
+    if teacher_output is None or not needs_labels(fns):
+        return None
+    teachers = tf.nest.flatten(teacher_output)
+    per_output = labels_per_output(y, y_pred, output_names)
+    labels = []
+    for label, teacher in zip(per_output, teachers):
+        if label is None:
+            labels.append(None)
+            continue
+        label = tf.convert_to_tensor(label)
+        top = tf.argmax(teacher[labelled:], axis=-1)
+        if label.shape.rank == teacher.shape.rank:
+            if label.shape[-1] == 1:
+                top = top[..., None]
+            else:
+                top = tf.one_hot(top, tf.shape(teacher)[-1])
+        labels.append(tf.concat([label, tf.cast(top, label.dtype)], axis=0))
+    return labels

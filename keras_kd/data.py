@@ -7,11 +7,14 @@ numpy arrays too (`load_tfds_image_classification`); tfds downloads it on a
 user's machine, or reads it from `data_dir`. `load_image_classification` is
 the one entry point of the examples and the demo, so they all report on the
 test sets defined here; `split_validation` holds out part of a training set
-for choosing hyperparameters, and `to_dataset` makes a `tf.data` pipeline.
+for choosing hyperparameters, `to_dataset` makes a `tf.data` pipeline, and
+`mix` one that mixes labelled and unlabelled (transfer) data in each batch.
 """
 
 from __future__ import annotations
 
+import collections
+import math
 import numbers
 
 import numpy as np
@@ -260,7 +263,173 @@ def to_dataset(
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
+# ---------------------------------------------------------------------------
+# Labelled and unlabelled data in one batch
+# ---------------------------------------------------------------------------
+
+
+MixedBatch = collections.namedtuple("MixedBatch", ["x", "y", "unlabelled_x"])
+MixedBatch.__doc__ = """A batch of labelled and unlabelled examples, as `mix` yields.
+
+`x` and `y` are the labelled examples' inputs and labels, `unlabelled_x`
+the unlabelled examples' inputs (same structure as `x`). A
+`keras_kd.Distiller` runs teacher and student once on both inputs together:
+the distillation term covers every row, the hard loss and the compiled
+metrics the labelled rows only. `tf.data` and `tf.distribute` keep the
+structure (each replica gets its share of both parts).
+"""
+
+
+def _examples(data, argument, labelled):
+    """An unbatched `tf.data.Dataset` of `(x, y)` (or `x`) and its size."""
+    if isinstance(data, tf.data.Dataset):
+        spec = data.element_spec
+        if labelled and not (isinstance(spec, tuple) and len(spec) == 2):
+            raise ValueError(
+                f"Argument `{argument}` must yield `(x, y)` pairs. Received a "
+                f"dataset with elements {spec}."
+            )
+        if not labelled and isinstance(spec, tuple):
+            raise ValueError(
+                f"Argument `{argument}` must yield inputs only (no labels). "
+                f"Received a dataset with elements {spec}."
+            )
+        cardinality = int(data.cardinality())
+        return data, (cardinality if cardinality >= 0 else None)
+    if labelled:
+        if not isinstance(data, (tuple, list)) or len(data) != 2:
+            raise TypeError(
+                f"Argument `{argument}` must be a pair `(x, y)` of arrays or "
+                "an unbatched `tf.data.Dataset` of `(x, y)`. Received: "
+                f"{argument} of type {type(data).__name__}."
+            )
+        x, y = data
+        n, m = len(tf.nest.flatten(x)[0]), len(tf.nest.flatten(y)[0])
+        if n != m:
+            raise ValueError(
+                f"Argument `{argument}` must hold as many labels as inputs. "
+                f"Received {n} inputs and {m} labels."
+            )
+        return tf.data.Dataset.from_tensor_slices((x, y)), n
+    if isinstance(data, (str, bytes)) or not tf.nest.flatten(data):
+        raise TypeError(
+            f"Argument `{argument}` must be an array of inputs or an "
+            f"unbatched `tf.data.Dataset` of them. Received: {argument} of "
+            f"type {type(data).__name__}."
+        )
+    return tf.data.Dataset.from_tensor_slices(data), len(tf.nest.flatten(data)[0])
+
+
+def mix(
+    labelled,
+    unlabelled,
+    batch_size: int = 32,
+    unlabelled_fraction: float = 0.5,
+    seed: int | None = None,
+    shuffle: bool = True,
+    steps: int | None = None,
+    shuffle_buffer: int = 10_000,
+):
+    """Batches that mix labelled and unlabelled examples at a fixed ratio.
+
+    For distilling on a small labelled set plus a transfer set without
+    labels: each batch holds exactly `round(batch_size *
+    unlabelled_fraction)` unlabelled examples and the rest labelled ones, as
+    a `MixedBatch(x, y, unlabelled_x)`. A `keras_kd.Distiller` trained on it
+    distils on every example and takes the hard loss and the compiled
+    metrics on the labelled ones only.
+
+    Both sets repeat without end (reshuffled on each pass) and one epoch is
+    `ceil(max(n_labelled / labelled_per_batch, n_unlabelled /
+    unlabelled_per_batch))` batches: one pass over whichever set takes more
+    batches to go through; the other one repeats within the epoch. Where a
+    dataset's size is unknown, give `steps` (batches per epoch).
+
+    Args:
+        labelled: `(x, y)` arrays, or an unbatched `tf.data.Dataset` of
+            `(x, y)`.
+        unlabelled: an array of inputs (or a list / dict of arrays, as the
+            model takes), or an unbatched `tf.data.Dataset` of inputs.
+        batch_size: examples per batch, both kinds together (>= 2).
+        unlabelled_fraction: the share of unlabelled examples in each batch,
+            strictly between 0 and 1.
+        seed: seed of the shuffles (None: not repeatable).
+        shuffle: whether to shuffle each set (on each pass).
+        steps: batches per epoch; None: as above.
+        shuffle_buffer: the shuffle buffer of a `tf.data.Dataset` argument
+            (arrays are shuffled whole).
+
+    Returns:
+        A batched `tf.data.Dataset` of `MixedBatch`es, `steps` of them.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from keras_kd import data
+    >>> x, y = np.zeros((100, 8), "float32"), np.zeros(100, "int64")
+    >>> transfer = np.ones((900, 8), "float32")
+    >>> ds = data.mix((x, y), transfer, batch_size=40, unlabelled_fraction=0.75)
+    >>> batch = next(iter(ds))
+    >>> len(batch.x), len(batch.unlabelled_x), int(ds.cardinality())
+    (10, 30, 30)
+    """
+    batch_size = check_int(batch_size, "batch_size", 2, "examples per batch")
+    fraction = check_number(
+        unlabelled_fraction,
+        "unlabelled_fraction",
+        0.0,
+        1.0,
+        low_open=True,
+        high_open=True,
+        what="the share of unlabelled examples in a batch",
+    )
+    n_unlabelled = int(round(batch_size * fraction))
+    n_labelled = batch_size - n_unlabelled
+    if not 0 < n_unlabelled < batch_size:
+        raise ValueError(
+            "Arguments `batch_size` and `unlabelled_fraction` must leave at "
+            "least one labelled and one unlabelled example per batch. "
+            f"Received: batch_size={batch_size}, "
+            f"unlabelled_fraction={unlabelled_fraction} ({n_labelled} "
+            f"labelled, {n_unlabelled} unlabelled)."
+        )
+    if steps is not None:
+        steps = check_int(steps, "steps", 1, "batches per epoch")
+    shuffle_buffer = check_int(shuffle_buffer, "shuffle_buffer", 1, "examples")
+    sets = []
+    for argument, value, is_labelled in (
+        ("labelled", labelled, True),
+        ("unlabelled", unlabelled, False),
+    ):
+        ds, size = _examples(value, argument, is_labelled)
+        if size == 0:
+            raise ValueError(f"Argument `{argument}` holds no examples.")
+        if shuffle:
+            is_array = not isinstance(value, tf.data.Dataset)
+            buffer = size if is_array else min(shuffle_buffer, size or shuffle_buffer)
+            ds = ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
+        sets.append((ds, size))
+    (lab, n_lab), (unl, n_unl) = sets
+    if steps is None:
+        if n_lab is None or n_unl is None:
+            raise ValueError(
+                "Argument `steps` (batches per epoch) is required when a "
+                "dataset's size is unknown. Received: steps=None, with "
+                f"{'labelled' if n_lab is None else 'unlabelled'} data of "
+                "unknown cardinality."
+            )
+        steps = max(math.ceil(n_lab / n_labelled), math.ceil(n_unl / n_unlabelled))
+    lab = lab.repeat().batch(n_labelled, drop_remainder=True)
+    unl = unl.repeat().batch(n_unlabelled, drop_remainder=True)
+    ds = tf.data.Dataset.zip((lab, unl)).map(
+        lambda pair, u: MixedBatch(pair[0], pair[1], u)
+    )
+    return ds.take(steps).prefetch(tf.data.AUTOTUNE)
+
+
 __all__ = [
+    "MixedBatch",
+    "mix",
     "load_digits",
     "load_image_classification",
     "load_tfds_image_classification",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from keras_kd import _distillation, _utils, backend
+from keras_kd import _distillation, _utils, augment, backend
 from keras_kd._utils import output_is_probabilities
 from keras_kd.backend import keras, register_serializable, tf
 from keras_kd.losses import KLDivergence
@@ -43,6 +43,18 @@ class Distiller(keras.Model):
     With `teacher=None` the Distiller trains the student on the hard labels
     only (the first generation of self-distillation).
 
+    **Consistent teaching** (Beyer et al. 2022): with `augmentation` and / or
+    `mixup`, each training batch is augmented once, then mixed, in the train
+    step; teacher and student both see that one view. `evaluate`, `predict`
+    and `__call__` see the raw inputs. See `keras_kd.augment`.
+
+    **Unlabelled data.** A batch of inputs only gives the distillation term
+    alone (`hard_loss` 0, compiled metrics not updated). In a batch of
+    `keras_kd.data.mix` (labelled and unlabelled examples) distillation
+    covers every row, the hard loss and the compiled metrics (in `fit` and
+    `evaluate`) the labelled rows; a loss that requires labels
+    (`DecoupledKD`) gets the teacher's top class on unlabelled rows.
+
     History carries `loss` (the total), `hard_loss`, `distillation_loss` and
     the compiled metrics, for training and validation.
 
@@ -57,6 +69,19 @@ class Distiller(keras.Model):
         teacher_alpha: with `train_teacher`, the weight of the distillation
             term in the teacher's loss, in [0, 1]; ignored otherwise.
         name: the model's name.
+        augmentation: None, a Keras layer (e.g. `keras_kd.augment.jitter(2)`
+            or a `keras.Sequential` of preprocessing layers, called with
+            `training=True`) or a function `f(x) -> x` of the batch's inputs.
+            Saved as Keras saves it: a layer by its config, a function by
+            its registered name (`keras.saving.register_keras_serializable`
+            or `load_model(custom_objects=...)`; a lambda needs
+            `safe_mode=False`).
+        mixup: None, a float alpha > 0 or a `keras_kd.augment.MixUp`: inputs
+            `lam * x + (1 - lam) * x[perm]`, `lam ~ Beta(alpha, alpha)` per
+            batch, folded to `lam >= 0.5`; hard loss
+            `lam * loss(y, p) + (1 - lam) * loss(y[perm], p)`.
+            `augmentation` and `mixup` work without a teacher too, not with
+            `train_teacher=True`.
         **kwargs: passed to `keras.Model`.
 
     Example:
@@ -96,10 +121,15 @@ class Distiller(keras.Model):
         train_teacher: bool = False,
         teacher_alpha: float = 0.0,
         name="distiller",
+        augmentation=None,
+        mixup=None,
         **kwargs,
     ):
         backend.check_tensorflow_backend("Distiller")
         train_teacher = _utils.check_bool(train_teacher, "train_teacher")
+        augmentation, mixup = _distillation.check_consistent_teaching(
+            augmentation, mixup, type(self).__name__, self.train_teacher
+        )
         if train_teacher and not self.train_teacher:
             raise ValueError(
                 f"{type(self).__name__} cannot train its teacher: "
@@ -123,6 +153,8 @@ class Distiller(keras.Model):
         super().__init__(name=name, **kwargs)
         self.teacher = teacher
         self.student = student
+        self.augmentation = augmentation
+        self._mixup = mixup
         self._teacher_swapped = False
         if teacher is not None and not self.train_teacher:
             teacher.trainable = False
@@ -160,6 +192,11 @@ class Distiller(keras.Model):
     def alpha_variable(self):
         """The `tf.Variable` holding alpha; assigning it needs no retrace."""
         return self._alpha
+
+    @property
+    def mixup(self):
+        """The `keras_kd.augment.MixUp` of the train step, or None."""
+        return self._mixup
 
     @property
     def distillation_loss(self):
@@ -246,17 +283,25 @@ class Distiller(keras.Model):
         # state (its weights are not saved), so it is not in the config.
         teacher = None if self._teacher_swapped else self.teacher
         serialize = keras.saving.serialize_keras_object
-        return {
+        config = {
             "name": self.name,
             "teacher": None if teacher is None else serialize(teacher),
             "student": serialize(self.student),
         }
+        # Only when set, so a plain Distiller's config is as keras-kd 0.1's.
+        for key, value in (("augmentation", self.augmentation), ("mixup", self.mixup)):
+            if value is not None:
+                config[key] = serialize(value)
+        return config
 
     @classmethod
     def from_config(cls, config, custom_objects=None):
         config = dict(config)
         deserialize = keras.saving.deserialize_keras_object
         teacher = config.pop("teacher", None)
+        for key in ("augmentation", "mixup"):
+            if config.get(key) is not None:
+                config[key] = deserialize(config[key])
         return cls(
             teacher=None if teacher is None else deserialize(teacher),
             student=deserialize(config.pop("student")),
@@ -279,28 +324,39 @@ class Distiller(keras.Model):
     @property
     def metrics(self):
         own = self.loss_trackers
+        # Keras 3 builds the compiled metrics on their first labels: until
+        # then (training on inputs only) they have no result to report.
         rest = [
             m
             for m in super().metrics
-            if not any(m is o for o in own) and not backend.is_keras_loss_tracker(m)
+            if not any(m is o for o in own)
+            and not backend.is_keras_loss_tracker(m)
+            and getattr(m, "built", True)
         ]
         return own + rest
 
     def train_step(self, data):
-        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        x, y, sample_weight, labelled = _distillation.unpack_batch(data)
+        x, mix = augment.transform_batch(
+            x, self.augmentation, self._mixup, self.optimizer.iterations, labelled
+        )
         teacher_output = self._teacher_forward(x)
         with tf.GradientTape() as tape:
             y_pred = self.student(x, training=True)
-            loss = self.compute_total_loss(x, y, y_pred, teacher_output, sample_weight)
+            loss = self._step_loss(
+                x, y, y_pred, teacher_output, sample_weight, labelled, mix
+            )
         backend.minimize(self.optimizer, loss, self.trainable_variables, tape)
-        return self.compute_metrics(x, y, y_pred, sample_weight)
+        rows = _distillation.labelled_rows(y_pred, labelled)
+        return self.compute_metrics(x, y, rows, sample_weight)
 
     def test_step(self, data):
-        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        x, y, sample_weight, labelled = _distillation.unpack_batch(data)
         teacher_output = self._teacher_forward(x)
         y_pred = self.student(x, training=False)
-        self.compute_total_loss(x, y, y_pred, teacher_output, sample_weight)
-        return self.compute_metrics(x, y, y_pred, sample_weight)
+        self._step_loss(x, y, y_pred, teacher_output, sample_weight, labelled)
+        rows = _distillation.labelled_rows(y_pred, labelled)
+        return self.compute_metrics(x, y, rows, sample_weight)
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
         """Updates the compiled metrics (when there are labels); returns logs."""
@@ -426,7 +482,9 @@ class Distiller(keras.Model):
             labels=per_output,
         )
 
-    def compute_total_loss(self, x, y, y_pred, teacher_output, sample_weight=None):
+    def compute_total_loss(
+        self, x, y, y_pred, teacher_output, sample_weight=None, hard_loss=None
+    ):
         """The student's loss; updates the `loss_trackers`.
 
         `alpha * distillation + (1 - alpha) * hard` plus the student's
@@ -434,17 +492,22 @@ class Distiller(keras.Model):
 
         Args:
             x: the inputs (their batch size weights the trackers).
-            y: the labels, or None.
+            y: the labels, or None: for the hard loss (unless `hard_loss` is
+                given) and for the distillation losses that require labels.
             y_pred: the student's outputs.
             teacher_output: the teacher's outputs (gradient stopped), or None.
             sample_weight: optional sample weights.
+            hard_loss: the hard-label term, where the step computed it
+                (mixup, labelled rows of a mixed batch); None: from `y`.
 
         Returns:
             A float32 scalar, scaled per replica under `tf.distribute` as
             Keras scales losses.
         """
         _distillation.check_trainable(self.student)
-        hard = self.compute_hard_loss(y, y_pred, sample_weight)
+        hard = hard_loss
+        if hard is None:
+            hard = self.compute_hard_loss(y, y_pred, sample_weight)
         if teacher_output is None:
             distill = tf.zeros((), tf.float32)
             total = hard
@@ -480,6 +543,33 @@ class Distiller(keras.Model):
                 self._distillation_loss, y_pred, self._output_names()
             )
         return self._distillation_fns
+
+    def _step_loss(
+        self, x, y, y_pred, teacher_output, sample_weight, labelled, mix=None
+    ):
+        """The total loss of a step, with mixup and labelled rows handled."""
+        rows = _distillation.labelled_rows(y_pred, labelled)
+        if mix is None or y is None:
+            hard = self.compute_hard_loss(y, rows, sample_weight)
+        else:  # labelled rows are mixed among themselves: perm's first rows
+            lam, perm = mix
+            perm = perm if labelled is None else perm[:labelled]
+            hard = augment.mixed_loss(
+                self.compute_hard_loss, y, rows, lam, perm, sample_weight
+            )
+        labels = y
+        if labelled is not None:  # labels for the losses that require them
+            labels = _distillation.mixed_batch_labels(
+                self._resolve_distillation_fns(y_pred),
+                y,
+                teacher_output,
+                labelled,
+                y_pred,
+                self._output_names(),
+            )
+        return self.compute_total_loss(
+            x, labels, y_pred, teacher_output, sample_weight, hard_loss=hard
+        )
 
     def _teacher_forward(self, x):
         if self.teacher is None:

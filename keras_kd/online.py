@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import warnings
 
-from keras_kd import _utils, backend
+from keras_kd import _distillation, _utils, backend
 from keras_kd.backend import keras, register_serializable, tf
 from keras_kd.distiller import Distiller
 from keras_kd.ensemble import log_mean_probs
@@ -121,6 +121,7 @@ class OnlineDistiller(Distiller):
         return super().loss_trackers + [self.teacher_loss_tracker]
 
     def train_step(self, data):
+        _distillation.refuse_mixed_batch(data, type(self).__name__)
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         with tf.GradientTape() as tape:
             teacher_output = self.teacher(x, training=True)
@@ -239,6 +240,13 @@ class MutualLearning(keras.Model):
 
     def __init__(self, peers=None, name="mutual_learning", **kwargs):
         backend.check_tensorflow_backend("MutualLearning")
+        for key in ("augmentation", "mixup"):
+            value = kwargs.pop(key, None)
+            if value is not None:
+                raise ValueError(
+                    f"MutualLearning does not support `{key}` (its peers all "
+                    f"learn). Received: {key}={value!r}."
+                )
         if not isinstance(peers, (list, tuple)) or len(peers) < 2:
             raise ValueError(
                 "Argument `peers` must be a list of at least two Keras models. "
@@ -374,6 +382,7 @@ class MutualLearning(keras.Model):
         return terms
 
     def _step(self, data, training):
+        _distillation.refuse_mixed_batch(data, type(self).__name__)
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         outputs = [peer(x, training=training) for peer in self.peers]
         peer_terms = self._peer_terms(outputs, sample_weight)

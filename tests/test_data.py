@@ -145,3 +145,107 @@ def test_to_dataset_shuffles_like_tf_data_with_the_same_buffer():
 def test_to_dataset_rejects_bad_sizes(kwargs, error, message):
     with pytest.raises(error, match=message):
         data.to_dataset(np.zeros((4, 2)), **kwargs)
+
+
+# ---------------------------------------------------------------------------
+# mix: labelled and unlabelled examples in each batch
+# ---------------------------------------------------------------------------
+
+
+def mix_sets(n_labelled=50, n_unlabelled=130):
+    """Inputs that name themselves: labelled i is (i, label 3i), unlabelled
+    j is 1000 + j."""
+    x_l = np.arange(n_labelled, dtype="float32")[:, None]
+    y_l = 3 * np.arange(n_labelled)
+    x_u = 1000 + np.arange(n_unlabelled, dtype="float32")[:, None]
+    return (x_l, y_l), x_u
+
+
+@pytest.mark.parametrize("kind", ["numpy", "dataset"])
+def test_mix_holds_the_ratio_in_every_batch_and_covers_the_larger_set(kind):
+    labelled, x_u = mix_sets()
+    if kind == "dataset":
+        labelled = tf.data.Dataset.from_tensor_slices(labelled)
+        x_u = tf.data.Dataset.from_tensor_slices(x_u)
+    ds = data.mix(labelled, x_u, batch_size=20, unlabelled_fraction=0.7, seed=1)
+    # 14 unlabelled and 6 labelled a batch; 130 / 14 -> 10 batches, 50 / 6 -> 9
+    assert int(ds.cardinality()) == 10
+    batches = list(ds)
+    assert len(batches) == 10
+    seen_l, seen_u = [], []
+    for b in batches:
+        assert isinstance(b, data.MixedBatch)
+        assert b.x.shape == (6, 1) and b.y.shape == (6,)
+        assert b.unlabelled_x.shape == (14, 1)
+        np.testing.assert_array_equal(b.y.numpy(), 3 * b.x.numpy()[:, 0])
+        seen_l.extend(b.x.numpy()[:, 0].tolist())
+        seen_u.extend(b.unlabelled_x.numpy()[:, 0].tolist())
+    # every example of both sets in the epoch; the rest are repeats
+    assert set(seen_u) == set(1000 + np.arange(130.0))
+    assert set(seen_l) == set(np.arange(50.0))
+    assert len(seen_u) == 140 and len(seen_l) == 60
+    # the first pass over the unlabelled set holds each example once
+    assert sorted(seen_u[:130]) == sorted(1000 + np.arange(130.0))
+    assert seen_u[:130] != sorted(seen_u[:130])  # shuffled
+
+
+def test_mix_with_a_seed_repeats_and_reshuffles_each_epoch():
+    labelled, x_u = mix_sets(8, 24)
+
+    def order(ds):
+        return np.concatenate([b.unlabelled_x.numpy()[:, 0] for b in ds])
+
+    a = data.mix(labelled, x_u, batch_size=8, seed=3)
+    b = data.mix(labelled, x_u, batch_size=8, seed=3)
+    np.testing.assert_array_equal(order(a), order(b))
+    assert not np.array_equal(order(a), order(a))  # a new order each epoch
+    fixed = data.mix(labelled, x_u, batch_size=8, shuffle=False)
+    np.testing.assert_array_equal(order(fixed), 1000 + np.arange(24.0))
+
+
+def test_mix_rounds_the_unlabelled_share_of_a_batch():
+    labelled, x_u = mix_sets()
+    batch = next(iter(data.mix(labelled, x_u, batch_size=7, unlabelled_fraction=0.3)))
+    assert (len(batch.x), len(batch.unlabelled_x)) == (5, 2)  # round(2.1) = 2
+
+
+def test_mix_needs_steps_when_a_size_is_unknown():
+    labelled, x_u = mix_sets()
+    unknown = tf.data.Dataset.from_tensor_slices(x_u).filter(lambda x: x[0] > 0)
+    with pytest.raises(ValueError, match="`steps`.*unlabelled data of unknown"):
+        data.mix(labelled, unknown, batch_size=10)
+    ds = data.mix(labelled, unknown, batch_size=10, steps=4)
+    assert len(list(ds)) == 4 and int(ds.cardinality()) == 4
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, message",
+    [
+        ({"unlabelled_fraction": 0.0}, ValueError, r"`unlabelled_fraction`.*\(0.0"),
+        ({"unlabelled_fraction": 1.0}, ValueError, "unlabelled_fraction=1.0"),
+        ({"unlabelled_fraction": "a"}, TypeError, "`unlabelled_fraction`.*number"),
+        ({"batch_size": 1}, ValueError, "`batch_size`.*at least 2"),
+        (
+            {"batch_size": 4, "unlabelled_fraction": 0.1},
+            ValueError,
+            r"at least one labelled and one unlabelled.*\(4 labelled, 0 unlabelled\)",
+        ),
+        ({"steps": 0}, ValueError, "`steps`.*at least 1"),
+    ],
+)
+def test_mix_rejects_bad_sizes(kwargs, error, message):
+    labelled, x_u = mix_sets()
+    with pytest.raises(error, match=message):
+        data.mix(labelled, x_u, **kwargs)
+
+
+def test_mix_rejects_data_of_the_wrong_shape():
+    (x_l, y_l), x_u = mix_sets()
+    with pytest.raises(TypeError, match="`labelled` must be a pair"):
+        data.mix(x_l, x_u)
+    with pytest.raises(ValueError, match="as many labels as inputs.*50 inputs and 49"):
+        data.mix((x_l, y_l[:-1]), x_u)
+    with pytest.raises(ValueError, match="`unlabelled` must yield inputs only"):
+        data.mix((x_l, y_l), tf.data.Dataset.from_tensor_slices((x_l, y_l)))
+    with pytest.raises(ValueError, match=r"`labelled` must yield `\(x, y\)` pairs"):
+        data.mix(tf.data.Dataset.from_tensor_slices(x_l), x_u)
