@@ -21,6 +21,7 @@ if _os.path.basename(_sys.argv[0] if _sys.argv else "").startswith("keras-kd"):
     _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from keras_kd import (
+    augment,
     backend,
     callbacks,
     data,
@@ -30,15 +31,19 @@ from keras_kd import (
     models,
     optimize,
 )
+from keras_kd.chain import ChainResult, distill_chain
 from keras_kd.distiller import Distiller
 from keras_kd.online import MutualLearning, OnlineDistiller
+from keras_kd.tune import TuneResult, tune
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ChainResult",
     "Distiller",
     "MutualLearning",
     "OnlineDistiller",
+    "augment",
     "backend",
     "callbacks",
     "data",
@@ -47,5 +52,8 @@ __all__ = [
     "losses",
     "models",
     "optimize",
+    "TuneResult",
+    "distill_chain",
+    "tune",
     "__version__",
 ]
