@@ -1,4 +1,4 @@
-"""Hinton et al. (2015) on MNIST: a small MLP distilled from a big one.
+"""Hinton et al. (2015) on MNIST, then the same student taught consistently.
 
 The classic experiment of "Distilling the Knowledge in a Neural Network"
 (Hinton, Vinyals and Dean, 2015, section 3), with keras-kd:
@@ -12,29 +12,53 @@ The classic experiment of "Distilling the Knowledge in a Neural Network"
    the same number of epochs with the same optimizer, but distilled from the
    teacher at a high temperature (T=20) with `keras_kd.Distiller`.
 
-It prints the test errors (out of 10,000) of the three models, per seed and
-averaged, and the share of the scratch-to-teacher gap that distillation
-closes, `(scratch - distilled) / (scratch - teacher)`. The paper reports 67,
-146 and 74 errors: 91% of the gap closed. The defaults (teacher 30 epochs,
-students 15 epochs, Adam with a cosine decay, batch 128) were chosen on a
-validation split (`--validation`) to fit three seeds in about 15 minutes on
-two CPU cores; they are far shorter than the paper's training, and close
-less of the gap (see BENCHMARKS.md).
+Then two runs after Beyer et al. (2022), "Knowledge distillation: A good
+teacher is patient and consistent", each from the same initial weights
+again, for `--consistent-epochs` epochs (patient teaching: longer than the
+runs above), with the same batches and the same shifts:
+
+4. "consistent": distilled with the teacher's jitter applied inside the
+   train step, `kd.Distiller(..., augmentation=kd.augment.jitter(2))`, so
+   the teacher labels exactly the shifted image the student trains on; with
+   `--mixup ALPHA` both also see the same mixture of two images
+   (`kd.augment.mixup`, function matching);
+5. "jittered", the control: the same augmentation, epochs and optimizer,
+   trained on the labels alone (`kd.Distiller(teacher=None, ...,
+   augmentation=...)`). It shows what the augmentation gives without a
+   teacher; with `--alpha 0` the consistent run ends identical to it.
+
+It prints the test errors (out of 10,000) of every model, per seed and
+averaged, and the share of the scratch-to-teacher gap that each student
+closes, `(scratch - student) / (scratch - teacher)`, always against the
+plain scratch student (the paper's baseline). The paper reports 67, 146 and
+74 errors: 91% of the gap closed. The defaults of runs 1-3 (teacher 30
+epochs, students 15 epochs, Adam with a cosine decay, batch 128) were chosen
+on a validation split (`--validation`) to fit three seeds in about 15
+minutes on two CPU cores; they are far shorter than the paper's training,
+and close less of the gap. Runs 4 and 5 (30 epochs each by default) add
+about 4-5 minutes a seed there: 8-10 minutes a seed in all
+(`--consistent-epochs 0` skips them). Figures: BENCHMARKS.md, "Hinton et al.
+2015 on MNIST".
 
 Usage:
 
 ```
-python examples/hinton_mnist.py                       # 3 seeds, MNIST test set
-python examples/hinton_mnist.py --validation          # tune on a held-out 10k
-python examples/hinton_mnist.py --dataset digits \\
-    --teacher-epochs 5 --student-epochs 5             # tiny, offline
+python examples/hinton_mnist.py --data-dir ../shared/datasets/tfds   # 3 seeds, test set
+python examples/hinton_mnist.py --data-dir ../shared/datasets/tfds \\
+    --validation                                      # tune on a held-out 10k
+python examples/hinton_mnist.py --data-dir ../shared/datasets/tfds \\
+    --mixup 0.2                                       # consistent + mixup
+python examples/hinton_mnist.py --data-dir ../shared/datasets/tfds \\
+    --consistent-epochs 0                             # runs 1-3 only (2015)
+python examples/hinton_mnist.py --dataset digits --teacher-epochs 5 \\
+    --student-epochs 5 --consistent-epochs 5          # tiny, offline
 ```
 
 Data come from `keras_kd.data.load_image_classification`, which defines the
 test set: MNIST's from TensorFlow Datasets (`--data-dir` points at a TFDS data
 dir; without it tfds downloads MNIST), or with `--dataset digits` the held-out
 quarter of scikit-learn's bundled 8x8 handwritten digits (450 images, no
-download). Both models are `keras_kd.models.mlp`.
+download). All models are `keras_kd.models.mlp`.
 """
 
 from __future__ import annotations
@@ -57,6 +81,9 @@ PAPER_ERRORS = {"teacher": 67, "scratch": 146, "distilled": 74}
 
 # Images held out of the training set by `--validation`, per dataset.
 _VALIDATION_SIZE = {"mnist": 10_000, "digits": 300}
+
+# The students compared with the scratch student, in the table's order.
+_STUDENTS = ("distilled", "jittered", "consistent")
 
 
 def evaluation_data(
@@ -112,14 +139,30 @@ def gap_closed(teacher: float, scratch: float, distilled: float):
     return (scratch - distilled) / (scratch - teacher)
 
 
+def consistent_views(args, seed: int):
+    """The augmentation and mixup of runs 4 and 5: the teacher's jitter.
+
+    Both runs get objects with the same seeds, so they draw the same shifts
+    (and mixtures) at the same step.
+
+    Returns:
+        `(augmentation, mixup)`: a `kd.augment.Jitter` layer (None when
+        `--jitter 0`) and a `kd.augment.MixUp` (None without `--mixup`).
+    """
+    augmentation = kd.augment.jitter(args.jitter, seed=seed) if args.jitter else None
+    mixup = kd.augment.mixup(args.mixup, seed=seed) if args.mixup else None
+    return augmentation, mixup
+
+
 def run_seed(seed, data, args) -> dict:
-    """Trains teacher, scratch student and distilled student for one seed."""
+    """Trains the teacher and every student for one seed."""
     (x_train, y_train), (x_eval, y_eval) = data
     input_shape = x_train.shape[1:]
     num_classes = int(max(y_train.max(), y_eval.max())) + 1
     steps = int(np.ceil(len(x_train) / args.batch_size))
     verbose = 2 if args.verbose else 0
     hard_loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    times = {}
     start = time.perf_counter()
 
     keras.utils.set_random_seed(seed)
@@ -144,14 +187,35 @@ def run_seed(seed, data, args) -> dict:
         epochs=args.teacher_epochs,
         verbose=verbose,
     )
-    teacher_time = time.perf_counter() - start
+    times["teacher"] = time.perf_counter() - start
 
-    # Both students start from the same weights and see the same batches.
+    # Every student starts from the same weights and sees the same batches.
     keras.utils.set_random_seed(seed + 1000)
     hidden = (args.student_hidden,) * 2
     scratch = models.mlp(input_shape, num_classes, hidden, name="scratch_student")
-    student = models.mlp(input_shape, num_classes, hidden, name="distilled_student")
-    student.set_weights(scratch.get_weights())
+    initial_weights = scratch.get_weights()
+
+    def student(name):
+        model = models.mlp(input_shape, num_classes, hidden, name=name)
+        model.set_weights(initial_weights)
+        return model
+
+    def fit(model, epochs, run):
+        begin = time.perf_counter()
+        model.fit(
+            x_train,
+            y_train,
+            batch_size=args.batch_size,
+            epochs=epochs,
+            verbose=verbose,
+        )
+        times[run] = time.perf_counter() - begin
+
+    distillation = dict(
+        distillation_loss=kd.losses.KLDivergence(temperature=args.temperature),
+        alpha=args.alpha,
+    )
+    distilled = student("distilled_student")
 
     keras.utils.set_random_seed(seed + 2000)
     scratch.compile(
@@ -159,50 +223,58 @@ def run_seed(seed, data, args) -> dict:
         loss=hard_loss,
         metrics=["accuracy"],
     )
-    scratch.fit(
-        x_train,
-        y_train,
-        batch_size=args.batch_size,
-        epochs=args.student_epochs,
-        verbose=verbose,
-    )
-    scratch_time = time.perf_counter() - start - teacher_time
+    fit(scratch, args.student_epochs, "scratch")
 
     keras.utils.set_random_seed(seed + 2000)
-    distiller = kd.Distiller(teacher=teacher, student=student)
+    distiller = kd.Distiller(teacher=teacher, student=distilled)
     distiller.compile(
         optimizer=_optimizer(args.learning_rate, args.student_epochs, steps),
         loss=hard_loss,
         metrics=["accuracy"],
-        distillation_loss=kd.losses.KLDivergence(temperature=args.temperature),
-        alpha=args.alpha,
+        **distillation,
     )
-    distiller.fit(
-        x_train,
-        y_train,
-        batch_size=args.batch_size,
-        epochs=args.student_epochs,
-        verbose=verbose,
-    )
-    distilled_time = time.perf_counter() - start - teacher_time - scratch_time
+    fit(distiller, args.student_epochs, "distilled")
+    trained = {"teacher": teacher, "scratch": scratch, "distilled": distilled}
+
+    if args.consistent_epochs:
+        # Run 5 (the control) then run 4: same views, with and without the
+        # teacher.
+        for run, run_teacher in (("jittered", None), ("consistent", teacher)):
+            model = student(f"{run}_student")
+            keras.utils.set_random_seed(seed + 2000)
+            augmentation, mixup = consistent_views(args, seed)
+            distiller = kd.Distiller(
+                teacher=run_teacher,
+                student=model,
+                augmentation=augmentation,
+                mixup=mixup,
+            )
+            distiller.compile(
+                optimizer=_optimizer(args.learning_rate, args.consistent_epochs, steps),
+                loss=hard_loss,
+                metrics=["accuracy"],
+                **(distillation if run_teacher is not None else {}),
+            )
+            fit(distiller, args.consistent_epochs, run)
+            trained[run] = model
 
     errors = {
-        "teacher": count_errors(teacher, x_eval, y_eval),
-        "scratch": count_errors(scratch, x_eval, y_eval),
-        "distilled": count_errors(distiller.student, x_eval, y_eval),
+        name: count_errors(model, x_eval, y_eval) for name, model in trained.items()
+    }
+    gaps = {
+        name: gap_closed(errors["teacher"], errors["scratch"], errors[name])
+        for name in _STUDENTS
+        if name in errors
     }
     return {
         "seed": seed,
         "errors": errors,
-        "gap_closed": gap_closed(
-            errors["teacher"], errors["scratch"], errors["distilled"]
-        ),
-        "train_time_s": {
-            "teacher": teacher_time,
-            "scratch": scratch_time,
-            "distilled": distilled_time,
-        },
+        "gap_closed": gaps["distilled"],
+        "gaps": gaps,
+        "train_time_s": times,
         "wall_time_s": time.perf_counter() - start,
+        "initial_weights": initial_weights,
+        "models": trained,
     }
 
 
@@ -210,41 +282,74 @@ def _percent(share) -> str:
     return "n/a" if share is None else f"{100 * share:.0f}%"
 
 
+# (key in `errors`, header, width); the gap of a student follows it.
+_COLUMNS = (
+    ("teacher", "teacher", 9),
+    ("scratch", "scratch", 9),
+    ("distilled", "distilled", 11),
+    ("jittered", "jittered", 10),
+    ("consistent", "consistent", 12),
+)
+# (header, width) of the gap column after a student's errors.
+_GAPS = {
+    "distilled": ("gap closed", 12),
+    "jittered": ("gap", 7),
+    "consistent": ("gap", 7),
+}
+
+
 def print_results(results: dict) -> None:
     """Prints the errors as a table, the way Hinton et al. report them."""
     split, n = results["split"], results["n_eval"]
+    names = [c for c in _COLUMNS if c[0] in results["mean_errors"]]
     print()
     print(
         f"{results['dataset']} {split} errors out of {n:,} "
         f"(seeds {' '.join(map(str, results['seeds']))})"
     )
-    header = f"{'':<8}{'teacher':>9}{'scratch':>9}{'distilled':>11}{'gap closed':>12}"
-    print(header)
+
+    def row(label, errors, gaps, number):
+        cells = [f"{label:<8}"]
+        for name, _, width in names:
+            cells.append(f"{number(errors[name]):>{width}}")
+            if name in _GAPS:
+                cells.append(f"{_percent(gaps[name]):>{_GAPS[name][1]}}")
+        return "".join(cells)
+
+    header = [f"{'':<8}"]
+    for name, title, width in names:
+        header.append(f"{title:>{width}}")
+        if name in _GAPS:
+            header.append(f"{_GAPS[name][0]:>{_GAPS[name][1]}}")
+    print("".join(header))
     for run in results["per_seed"]:
-        e = run["errors"]
-        print(
-            f"{'seed ' + str(run['seed']):<8}{e['teacher']:>9}{e['scratch']:>9}"
-            f"{e['distilled']:>11}{_percent(run['gap_closed']):>12}"
-        )
-    m = results["mean_errors"]
-    print(
-        f"{'mean':<8}{m['teacher']:>9.1f}{m['scratch']:>9.1f}"
-        f"{m['distilled']:>11.1f}{_percent(results['gap_closed']):>12}"
-    )
+        print(row(f"seed {run['seed']}", run["errors"], run["gaps"], str))
+    print(row("mean", results["mean_errors"], results["gaps"], "{:.1f}".format))
     p = results["paper_errors"]
     paper_gap = gap_closed(p["teacher"], p["scratch"], p["distilled"])
     print(
         f"{'paper':<8}{p['teacher']:>9}{p['scratch']:>9}{p['distilled']:>11}"
         f"{_percent(paper_gap):>12}"
     )
+    if "consistent" in results["mean_errors"]:
+        config = results["config"]
+        views = f"{config['jitter']}-pixel jitter" if config["jitter"] else "no jitter"
+        if config["mixup"]:
+            views += f", mixup alpha={config['mixup']:g}"
+        print(
+            f"jittered: scratch with the teacher's {views}; consistent: "
+            f"distilled with it; {config['consistent_epochs']} epochs each. "
+            "Gaps: (scratch - student) / (scratch - teacher)."
+        )
     print(f"wall time: {results['wall_time_s']:.0f} s")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Hinton et al. 2015 on MNIST: a 2x1200 teacher with "
-        "dropout and jitter, a 2x800 student from scratch, and the same "
-        "student distilled at a high temperature with keras_kd.",
+        "dropout and jitter, a 2x800 student from scratch, the same "
+        "student distilled at a high temperature with keras_kd, and "
+        "consistent teaching (the jitter applied to teacher and student).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument(
@@ -262,7 +367,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         type=int,
         nargs="+",
         default=[0, 1, 2],
-        help="one full run (teacher and both students) per seed",
+        help="one full run (teacher and every student) per seed",
     )
     parser.add_argument(
         "--validation",
@@ -277,6 +382,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         type=int,
         default=15,
         help="epochs of both the scratch and the distilled student",
+    )
+    parser.add_argument(
+        "--consistent-epochs",
+        type=int,
+        default=30,
+        help="epochs of the consistent-teaching student and of its "
+        "jittered control (0: skip both)",
     )
     parser.add_argument(
         "--teacher-hidden",
@@ -306,7 +418,16 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--jitter",
         type=int,
         default=2,
-        help="teacher's random input translation, in pixels",
+        help="teacher's random input translation, in pixels; the consistent "
+        "and jittered students get the same",
+    )
+    parser.add_argument(
+        "--mixup",
+        type=float,
+        default=None,
+        metavar="ALPHA",
+        help="also mix the inputs of the consistent and jittered students "
+        "(Beta(ALPHA, ALPHA) mixup; the teacher labels the mixture)",
     )
     parser.add_argument(
         "--temperature", type=float, default=20.0, help="distillation temperature T"
@@ -327,7 +448,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--verbose", action="store_true", help="show Keras's per-epoch logs"
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.consistent_epochs < 0:
+        parser.error(
+            f"argument --consistent-epochs: must be >= 0, got {args.consistent_epochs}"
+        )
+    if args.mixup is not None and args.mixup <= 0:
+        parser.error(f"argument --mixup: must be > 0, got {args.mixup:g}")
+    return args
 
 
 def main(argv=None) -> dict:
@@ -338,9 +466,12 @@ def main(argv=None) -> dict:
 
     Returns:
         A dict with `per_seed` (one entry per seed: `errors` of `teacher`,
-        `scratch` and `distilled`, `gap_closed`, timings), `mean_errors`,
-        `gap_closed` (computed from the mean errors), `n_eval`, `split`,
-        `wall_time_s` and the `config` that produced them.
+        `scratch`, `distilled` and, unless `--consistent-epochs 0`,
+        `jittered` and `consistent`; `gap_closed` (the distilled student's)
+        and `gaps` (each student's); timings; the students'
+        `initial_weights` and the trained `models`), `mean_errors`,
+        `gap_closed` and `gaps` (computed from the mean errors), `n_eval`,
+        `split`, `wall_time_s` and the `config` that produced them.
     """
     args = parse_args(argv)
     start = time.perf_counter()
@@ -353,7 +484,14 @@ def main(argv=None) -> dict:
             print(f"seed {seed}: {run['errors']} ({run['wall_time_s']:.0f} s)")
     mean_errors = {
         name: float(np.mean([run["errors"][name] for run in per_seed]))
-        for name in ("teacher", "scratch", "distilled")
+        for name in per_seed[0]["errors"]
+    }
+    gaps = {
+        name: gap_closed(
+            mean_errors["teacher"], mean_errors["scratch"], mean_errors[name]
+        )
+        for name in _STUDENTS
+        if name in mean_errors
     }
     results = {
         "dataset": args.dataset,
@@ -362,11 +500,8 @@ def main(argv=None) -> dict:
         "seeds": list(args.seeds),
         "per_seed": per_seed,
         "mean_errors": mean_errors,
-        "gap_closed": gap_closed(
-            mean_errors["teacher"],
-            mean_errors["scratch"],
-            mean_errors["distilled"],
-        ),
+        "gap_closed": gaps["distilled"],
+        "gaps": gaps,
         "paper_errors": dict(PAPER_ERRORS),
         "wall_time_s": time.perf_counter() - start,
         "config": {k: v for k, v in vars(args).items() if k != "verbose"},

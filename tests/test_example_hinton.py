@@ -14,9 +14,24 @@ _EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "hinton_mnist.py"
 
 _TINY = (
     "--dataset digits --seeds 3 --teacher-epochs 8 --student-epochs 8 "
-    "--teacher-hidden 64 --student-hidden 16 --dropout 0.1 --input-dropout 0.0 "
-    "--jitter 1 --temperature 4 --alpha 0.7 --learning-rate 0.003 --batch-size 32"
+    "--consistent-epochs 8 --teacher-hidden 64 --student-hidden 16 "
+    "--dropout 0.1 --input-dropout 0.0 --jitter 1 --temperature 4 --alpha 0.7 "
+    "--learning-rate 0.003 --batch-size 32"
 ).split()
+
+_STUDENTS = ("scratch", "distilled", "jittered", "consistent")
+
+
+def _with(args, **options):
+    """`args` with `--name value` options replaced or added."""
+    args = list(args)
+    for name, value in options.items():
+        flag = "--" + name.replace("_", "-")
+        if flag in args:
+            args[args.index(flag) + 1] = str(value)
+        else:
+            args += [flag, str(value)]
+    return args
 
 
 def _load_example():
@@ -24,6 +39,17 @@ def _load_example():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _assert_same_weights(a, b):
+    for wa, wb in zip(a.get_weights(), b.get_weights(), strict=True):
+        np.testing.assert_array_equal(wa, wb)
+
+
+def _differ(a, b):
+    return any(
+        not np.array_equal(wa, wb) for wa, wb in zip(a.get_weights(), b.get_weights())
+    )
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +67,9 @@ def test_help_exits_cleanly(example, capsys):
         example.main(["--help"])
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
-    assert "--seeds" in out and "--data-dir" in out and "--dataset" in out
+    for flag in ("--seeds", "--data-dir", "--dataset", "--consistent-epochs"):
+        assert flag in out
+    assert "--mixup ALPHA" in out
 
 
 def test_results_have_one_entry_per_seed(results):
@@ -51,44 +79,88 @@ def test_results_have_one_entry_per_seed(results):
     assert [run["seed"] for run in results["per_seed"]] == [3]
     assert results["config"]["student_hidden"] == 16
     assert results["config"]["temperature"] == 4.0
+    assert results["config"]["consistent_epochs"] == 8
+    assert results["config"]["mixup"] is None
     assert results["wall_time_s"] > 0
-    assert results["per_seed"][0]["wall_time_s"] <= results["wall_time_s"]
+    run = results["per_seed"][0]
+    assert run["wall_time_s"] <= results["wall_time_s"]
+    assert set(run["train_time_s"]) == {"teacher", *_STUDENTS}
+    assert sum(run["train_time_s"].values()) <= run["wall_time_s"]
 
 
 def test_errors_are_counts_of_the_test_set(results):
     n = results["n_eval"]
-    assert n == len(data.load_digits()[1][1])  # kd.data's digits test split
+    (_, _), (x_test, y_test) = data.load_digits()
+    assert n == len(y_test)  # kd.data's digits test split
     for run in results["per_seed"]:
-        assert set(run["errors"]) == {"teacher", "scratch", "distilled"}
-        for errors in run["errors"].values():
+        assert set(run["errors"]) == {"teacher", *_STUDENTS}
+        for name, errors in run["errors"].items():
             assert isinstance(errors, int)
-            assert 0 <= errors <= n
-            # 10 classes: chance makes about 0.9 * n errors; all three learn.
+            # Recounted from the returned model's predictions.
+            logits = run["models"][name].predict(x_test, verbose=0)
+            assert errors == int(np.sum(np.argmax(logits, -1) != y_test))
+            # 10 classes: chance makes about 0.9 * n errors; all five learn.
             assert errors < n / 2
 
 
-def test_mean_and_gap_follow_from_the_per_seed_errors(results):
+def test_students_share_architecture_and_initial_weights(results):
+    run = results["per_seed"][0]
+    initial = run["initial_weights"]
+    for name in _STUDENTS:
+        model = run["models"][name]
+        shapes = [w.shape for w in model.get_weights()]
+        assert shapes == [w.shape for w in initial]
+        # Trained: no student still holds the shared initial weights.
+        assert any(
+            not np.array_equal(w, i) for w, i in zip(model.get_weights(), initial)
+        )
+    assert (
+        run["models"]["teacher"].count_params()
+        > run["models"]["scratch"].count_params()
+    )
+
+
+def test_mean_and_gaps_follow_from_the_per_seed_errors(results):
     run = results["per_seed"][0]
     errors = run["errors"]
-    for name in ("teacher", "scratch", "distilled"):
+    for name in ("teacher", *_STUDENTS):
         assert results["mean_errors"][name] == pytest.approx(errors[name])
-    t, s, d = errors["teacher"], errors["scratch"], errors["distilled"]
-    if s > t:
-        expected = (s - d) / (s - t)
-        assert run["gap_closed"] == pytest.approx(expected)
-        assert results["gap_closed"] == pytest.approx(expected)
-    else:
-        assert run["gap_closed"] is None
-        assert results["gap_closed"] is None
+    t, s = errors["teacher"], errors["scratch"]
+    for name in ("distilled", "jittered", "consistent"):
+        if s > t:
+            expected = (s - errors[name]) / (s - t)
+            assert run["gaps"][name] == pytest.approx(expected)
+            assert results["gaps"][name] == pytest.approx(expected)
+        else:
+            assert run["gaps"][name] is None
+            assert results["gaps"][name] is None
+    assert run["gap_closed"] == run["gaps"]["distilled"]
+    assert results["gap_closed"] == results["gaps"]["distilled"]
 
 
 def test_students_differ_only_by_the_distillation_term(example):
-    # With alpha=0 the distiller trains on the hard labels alone: from the
-    # same initial weights and batches it must match the scratch student.
-    args = [a if a != "0.7" else "0.0" for a in _TINY]
-    assert "--alpha" in args and args[args.index("--alpha") + 1] == "0.0"
+    # With alpha=0 a distiller trains on the hard labels alone: from the
+    # same initial weights, batches, shifts and mixtures, each distilled
+    # student must end bit-identical to its control.
+    run = example.main(_with(_TINY, alpha=0.0, mixup=0.4))["per_seed"][0]
+    students = run["models"]
+    _assert_same_weights(students["distilled"], students["scratch"])
+    _assert_same_weights(students["consistent"], students["jittered"])
+    assert run["errors"]["consistent"] == run["errors"]["jittered"]
+    # The augmentation did change the training.
+    assert _differ(students["jittered"], students["scratch"])
+
+
+def test_without_jitter_the_control_is_the_scratch_student(example):
+    # No jitter, no mixup and as many epochs: the control is trained exactly
+    # as the scratch student, through `kd.Distiller(teacher=None)`.
+    args = _with(
+        _TINY, jitter=0, teacher_epochs=2, student_epochs=3, consistent_epochs=3
+    )
     run = example.main(args)["per_seed"][0]
-    assert run["errors"]["distilled"] == run["errors"]["scratch"]
+    _assert_same_weights(run["models"]["jittered"], run["models"]["scratch"])
+    assert run["errors"]["jittered"] == run["errors"]["scratch"]
+    assert _differ(run["models"]["consistent"], run["models"]["jittered"])
 
 
 def test_printed_table_shows_the_errors(example, results, capsys):
@@ -96,16 +168,61 @@ def test_printed_table_shows_the_errors(example, results, capsys):
     lines = capsys.readouterr().out.splitlines()
     n = len(data.load_digits()[1][1])
     assert f"digits test errors out of {n} (seeds 3)" in lines
-    errors = results["per_seed"][0]["errors"]
+    header = next(line for line in lines if "teacher" in line and "gap" in line)
+    assert header.split() == [
+        *("teacher", "scratch", "distilled", "gap", "closed"),
+        *("jittered", "gap", "consistent", "gap"),
+    ]
+    run = results["per_seed"][0]
+    errors, gaps = run["errors"], run["gaps"]
     seed_row = next(line for line in lines if line.startswith("seed 3"))
-    assert seed_row.split()[2:5] == [
+    percent = example._percent
+    assert seed_row.split()[2:] == [
         str(errors["teacher"]),
         str(errors["scratch"]),
         str(errors["distilled"]),
+        percent(gaps["distilled"]),
+        str(errors["jittered"]),
+        percent(gaps["jittered"]),
+        str(errors["consistent"]),
+        percent(gaps["consistent"]),
     ]
+    mean_row = next(line for line in lines if line.startswith("mean"))
+    assert mean_row.split()[1] == f"{errors['teacher']:.1f}"
     paper_row = next(line for line in lines if line.startswith("paper"))
     assert paper_row.split()[1:] == ["67", "146", "74", "91%"]
+    assert any("1-pixel jitter" in line and "8 epochs" in line for line in lines)
     assert any(line.startswith("wall time:") for line in lines)
+
+
+def test_table_without_the_consistent_runs_keeps_the_2015_columns(example, capsys):
+    # `--consistent-epochs 0`: the table of the 2015 runs alone (no training
+    # needed to print it).
+    errors = {"teacher": 80, "scratch": 140, "distilled": 101}
+    gaps = {"distilled": example.gap_closed(80, 140, 101)}
+    run = {"seed": 0, "errors": errors, "gaps": gaps}
+    results = {
+        "dataset": "mnist",
+        "split": "test",
+        "n_eval": 10_000,
+        "seeds": [0],
+        "per_seed": [run],
+        "mean_errors": {k: float(v) for k, v in errors.items()},
+        "gaps": gaps,
+        "paper_errors": dict(example.PAPER_ERRORS),
+        "wall_time_s": 1.0,
+        "config": {"jitter": 2, "mixup": None, "consistent_epochs": 0},
+    }
+    example.print_results(results)
+    lines = capsys.readouterr().out.splitlines()
+    assert "mnist test errors out of 10,000 (seeds 0)" in lines
+    header = next(line for line in lines if "teacher" in line)
+    assert header.split() == ["teacher", "scratch", "distilled", "gap", "closed"]
+    seed_row = next(line for line in lines if line.startswith("seed 0"))
+    assert seed_row.split() == ["seed", "0", "80", "140", "101", "65%"]
+    mean_row = next(line for line in lines if line.startswith("mean"))
+    assert mean_row.split() == ["mean", "80.0", "140.0", "101.0", "65%"]
+    assert not any("jittered" in line for line in lines)
 
 
 def test_gap_closed_matches_the_paper(example):
@@ -134,8 +251,16 @@ def test_validation_split_is_carved_from_the_training_set(example):
     np.testing.assert_array_equal(np.concatenate([y_fit, y_val]), y_train)
 
 
-def test_unknown_dataset_is_rejected(example, capsys):
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--dataset", "cifar10"], "invalid choice: 'cifar10'"),
+        (["--consistent-epochs", "-1"], "--consistent-epochs: must be >= 0"),
+        (["--mixup", "0"], "--mixup: must be > 0"),
+    ],
+)
+def test_bad_arguments_are_rejected(example, capsys, args, message):
     with pytest.raises(SystemExit) as excinfo:
-        example.main(["--dataset", "cifar10"])
+        example.main(args)
     assert excinfo.value.code == 2
-    assert "invalid choice: 'cifar10'" in capsys.readouterr().err
+    assert message in capsys.readouterr().err
