@@ -5,8 +5,8 @@ import keras_kd as kd
 
 distiller = kd.Distiller(teacher=teacher, student=student)
 distiller.compile(optimizer="adam", loss=hard_loss, metrics=["accuracy"],
-                  distillation_loss=kd.losses.KLDivergence(temperature=4.0),
-                  alpha=0.9)  # alpha weights the distillation term
+                  distillation_loss=kd.losses.KLDivergence(temperature=1.0),
+                  alpha=0.5)  # alpha weights the distillation term
 distiller.fit(train_ds, epochs=10)
 ```
 """

@@ -3,11 +3,18 @@
     keras-kd demo                       # offline, scikit-learn's digits
     keras-kd demo --dataset mnist --data-dir ../shared/datasets/tfds
 
-`demo` trains a CNN teacher, then the same small student twice (from
-scratch, and distilled from the teacher) with the same budget, exports the
-distilled student to float32 and int8 `.tflite` files (verified in the
-LiteRT interpreter), and prints a table of parameters, file size, test
-accuracy, agreement with the teacher and latency.
+`demo` keeps the labels of 300 training images and treats the rest as a
+transfer set without labels. It trains a CNN teacher on the labelled images,
+then the same small student, from the same initial weights, for several
+seeds: from scratch on the labelled images, and distilled from the teacher
+on the labelled and unlabelled images with `compile`'s default recipe. It
+exports the first distilled student to float32 and int8 `.tflite` files
+(verified in the LiteRT interpreter), and prints a table of parameters, file
+size, test accuracy, agreement with the teacher and latency, then how many
+student seeds distillation won and by how much. `--labels all` trains both
+students on every label (no transfer set). On a larger data set, bound the
+run with `--max-train` (an epoch of distillation is one pass over the
+transfer set).
 """
 
 from __future__ import annotations
@@ -31,21 +38,39 @@ def _load(args):
         max_test=args.max_test,
         seed=args.seed,
     )
+    if args.validation:
+        # Settings are chosen here: the last 300 training images stand in for
+        # the test set, which is not loaded into the comparison at all.
+        (x_tr, y_tr), (x_te, y_te) = data.split_validation(x_tr, y_tr, 300)
+        source += ", validation split (300 of the training images)"
     return x_tr, y_tr, x_te, y_te, n_classes, source
 
 
 def run_demo(args) -> dict:
     """Runs the demo described by parsed `args`.
 
+    The scenario is the one where a teacher pays most: few labels, more
+    images without labels. The first `args.labels` training images keep
+    their labels and the rest are a transfer set without them. A CNN
+    teacher learns from the labelled images (with `--teacher-jitter`
+    shifts); then, for each of `args.students` student seeds, the same MLP
+    from the same initial weights is trained on the labelled images alone
+    ("from scratch") and distilled from the teacher on the labelled images
+    plus the transfer set (`keras_kd.data.mix`) with `compile`'s default
+    recipe, unless `--temperature` / `--alpha` override it.
+
     Args:
         args: the parsed `keras-kd demo` command line.
 
     Returns:
-        A dict with `rows` (one per model and `.tflite` file: `model`,
-        `params`, `accuracy`, `agreement` with the teacher, `size_bytes`,
-        `latency_ms`), `seconds` of training, the `dataset`, the `out_dir`
-        holding the `.tflite` files and the trained Keras `models`
-        (`teacher`, `scratch`, `student`).
+        A dict with `rows` (one per model and `.tflite` file of the first
+        student seed: `model`, `params`, `accuracy`, `agreement` with the
+        teacher, `size_bytes`, `latency_ms`), `seeds` (one dict per student
+        seed: `seed`, `scratch` and `distilled` test accuracy), `wins` (seeds
+        where distilled beat scratch), `mean_gain` (points), `seconds` of
+        training, the `dataset`, `labelled` and `unlabelled` counts, the
+        `out_dir` holding the `.tflite` files and the trained Keras `models`
+        of the first seed (`teacher`, `scratch`, `student`).
     """
     import numpy as np
 
@@ -58,67 +83,118 @@ def run_demo(args) -> dict:
     os.makedirs(out_dir, exist_ok=True)
     keras.utils.set_random_seed(args.seed)
     x_tr, y_tr, x_te, y_te, n_classes, source = _load(args)
+    labels = len(x_tr) if args.labels == "all" else int(args.labels)
+    if labels > len(x_tr):
+        raise SystemExit(
+            f"keras-kd demo: error: --labels {labels} is more than the "
+            f"{len(x_tr)} training images."
+        )
+    x_lab, y_lab, x_unl = x_tr[:labels], y_tr[:labels], x_tr[labels:]
     print(
-        f"Data: {source}: {len(x_tr)} training and {len(x_te)} test images of "
-        f"shape {x_tr.shape[1:]}, {n_classes} classes."
+        f"Data: {source}: {labels} labelled and {len(x_unl)} unlabelled "
+        f"training images, {len(x_te)} test images of shape "
+        f"{x_tr.shape[1:]}, {n_classes} classes."
     )
     shape = x_tr.shape[1:]
     hard = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     verbose = args.verbose
     start = time.perf_counter()
 
-    print(f"\n[1/3] Teacher: CNN, {args.teacher_epochs} epochs")
-    teacher = models.cnn(shape, n_classes, name="teacher_cnn")
+    print(
+        f"\n[1/3] Teacher: CNN, {args.teacher_epochs} epochs on the labelled "
+        f"images, shifted by up to {args.teacher_jitter} pixel(s)"
+    )
+    inputs = keras.Input(shape)
+    x = inputs
+    if args.teacher_jitter:
+        x = kd.augment.jitter(args.teacher_jitter, seed=args.seed)(x)
+    teacher = keras.Model(
+        inputs, models.cnn(shape, n_classes, name="cnn")(x), name="teacher_cnn"
+    )
     teacher.compile(
         optimizer=keras.optimizers.Adam(1e-3), loss=hard, metrics=["accuracy"]
     )
     teacher.fit(
-        x_tr,
-        y_tr,
+        x_lab,
+        y_lab,
         epochs=args.teacher_epochs,
-        batch_size=args.batch_size,
+        batch_size=min(args.batch_size, 32),
         verbose=verbose,
     )
 
+    compile_args = {}
+    if args.temperature is not None:
+        compile_args["distillation_loss"] = kd.losses.KLDivergence(args.temperature)
+    if args.alpha is not None:
+        compile_args["alpha"] = args.alpha
+    recipe = (
+        "compile's default recipe (KL, T=1, alpha=0.5)"
+        if not compile_args
+        else f"T={args.temperature or 1.0}, alpha={args.alpha or 0.5}"
+    )
+    train = (
+        kd.data.mix(
+            (x_lab, y_lab),
+            x_unl,
+            batch_size=args.batch_size,
+            unlabelled_fraction=args.unlabelled_fraction,
+            seed=args.seed,
+        )
+        if len(x_unl)
+        else kd.data.to_dataset(
+            x_lab, y_lab, args.batch_size, shuffle=True, seed=args.seed
+        )
+    )
     print(
-        f"\n[2/3] Student from scratch: MLP({args.student_hidden}), "
-        f"{args.epochs} epochs"
+        f"\n[2/3] Students: MLP({args.student_hidden}), {args.epochs} epochs, "
+        f"{args.students} seed(s): from scratch on the labelled images, and "
+        f"distilled on labelled + unlabelled images with {recipe}"
     )
-    keras.utils.set_random_seed(args.seed + 1)
-    scratch = models.mlp(
-        shape, n_classes, hidden=args.student_hidden, name="student_mlp"
-    )
-    initial = scratch.get_weights()
-    scratch.compile(
-        optimizer=keras.optimizers.Adam(args.learning_rate),
-        loss=hard,
-        metrics=["accuracy"],
-    )
-    scratch.fit(
-        x_tr, y_tr, epochs=args.epochs, batch_size=args.batch_size, verbose=verbose
-    )
-
-    print(
-        f"\n[3/3] Student distilled: same MLP and initial weights, {args.epochs} "
-        f"epochs, T={args.temperature}, alpha={args.alpha}"
-    )
-    keras.utils.set_random_seed(args.seed + 1)
-    student = models.mlp(
-        shape, n_classes, hidden=args.student_hidden, name="student_mlp"
-    )
-    student.set_weights(initial)
-    distiller = kd.Distiller(teacher=teacher, student=student)
-    distiller.compile(
-        optimizer=keras.optimizers.Adam(args.learning_rate),
-        loss=hard,
-        metrics=["accuracy"],
-        distillation_loss=kd.losses.KLDivergence(temperature=args.temperature),
-        alpha=args.alpha,
-    )
-    distiller.fit(
-        x_tr, y_tr, epochs=args.epochs, batch_size=args.batch_size, verbose=verbose
-    )
+    seeds, first = [], None
+    for k in range(args.students):
+        seed = args.seed + 1 + k
+        keras.utils.set_random_seed(seed)
+        scratch = models.mlp(
+            shape, n_classes, hidden=args.student_hidden, name="student_mlp"
+        )
+        student = models.mlp(
+            shape, n_classes, hidden=args.student_hidden, name="student_mlp"
+        )
+        student.set_weights(scratch.get_weights())
+        scratch.compile(
+            optimizer=keras.optimizers.Adam(args.learning_rate),
+            loss=hard,
+            metrics=["accuracy"],
+        )
+        scratch.fit(
+            x_lab,
+            y_lab,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            verbose=verbose,
+        )
+        distiller = kd.Distiller(teacher=teacher, student=student)
+        distiller.compile(
+            optimizer=keras.optimizers.Adam(args.learning_rate),
+            loss=hard,
+            metrics=["accuracy"],
+            **compile_args,
+        )
+        distiller.fit(train, epochs=args.epochs, verbose=verbose, shuffle=False)
+        result = {
+            "seed": seed,
+            "scratch": _accuracy(scratch, x_te, y_te),
+            "distilled": _accuracy(student, x_te, y_te),
+        }
+        print(
+            f"  student seed {seed}: from scratch {result['scratch']:.2%}, "
+            f"distilled {result['distilled']:.2%}"
+        )
+        seeds.append(result)
+        if first is None:
+            first = (scratch, student)
     seconds = time.perf_counter() - start
+    scratch, student = first
 
     teacher_pred = np.argmax(teacher.predict(x_te, verbose=0), -1)
     rows = []
@@ -137,7 +213,7 @@ def run_demo(args) -> dict:
             )
         )
 
-    print(f"\nExporting the distilled student to LiteRT (.tflite) in {out_dir}")
+    print(f"\n[3/3] Exporting the distilled student to LiteRT (.tflite) in {out_dir}")
     for quantization in ("float32", "int8"):
         path = os.path.join(out_dir, f"student_{quantization}.tflite")
         report = kd.export.to_tflite(
@@ -159,15 +235,39 @@ def run_demo(args) -> dict:
                 latency_ms=report.latency_ms,
             )
         )
-    print(f"\nTest set: {len(x_te)} images; trained in {seconds:.0f} s.\n")
+    gains = [100 * (r["distilled"] - r["scratch"]) for r in seeds]
+    wins = sum(g > 0 for g in gains)
+    print(
+        f"\n{'Validation' if args.validation else 'Test'} set: {len(x_te)} "
+        f"images; trained in {seconds:.0f} s. Student "
+        f"rows: seed {seeds[0]['seed']}.\n"
+    )
     print(_table(rows))
+    print(
+        f"\nOver {len(seeds)} student seed(s), the distilled student beat the "
+        f"one trained from scratch in {wins} of {len(seeds)}, by "
+        f"{np.mean(gains):+.2f} points of "
+        f"{'validation' if args.validation else 'test'} accuracy on average (from "
+        f"{min(gains):+.2f} to {max(gains):+.2f})."
+    )
     return {
         "rows": rows,
+        "seeds": seeds,
+        "wins": wins,
+        "mean_gain": float(np.mean(gains)),
         "seconds": seconds,
         "dataset": source,
+        "labelled": labels,
+        "unlabelled": len(x_unl),
         "out_dir": out_dir,
         "models": {"teacher": teacher, "scratch": scratch, "student": student},
     }
+
+
+def _accuracy(model, x, y) -> float:
+    import numpy as np
+
+    return float(np.mean(np.argmax(model.predict(x, verbose=0), -1) == y))
 
 
 def _row(label, params, outputs, y, teacher_pred, size=None, latency_ms=None):
@@ -207,6 +307,17 @@ def _positive_int(text):
     return value
 
 
+def _labels(text):
+    if text == "all":
+        return text
+    try:
+        return _positive_int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a positive integer or 'all', got {text}"
+        ) from None
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="keras-kd",
@@ -229,15 +340,45 @@ def _build_parser() -> argparse.ArgumentParser:
         "classification name such as 'mnist' (default: digits)",
     )
     demo.add_argument("--data-dir", default=None, help="tfds data dir (for --dataset)")
-    demo.add_argument("--teacher-epochs", type=_positive_int, default=30)
+    demo.add_argument(
+        "--labels",
+        type=_labels,
+        default=300,
+        help="training images that keep their labels; the rest are a transfer "
+        "set without labels ('all': no transfer set) (default 300)",
+    )
+    demo.add_argument(
+        "--unlabelled-fraction",
+        type=float,
+        default=0.75,
+        help="share of unlabelled images in each distillation batch (default 0.75)",
+    )
+    demo.add_argument("--teacher-epochs", type=_positive_int, default=150)
+    demo.add_argument(
+        "--teacher-jitter",
+        type=int,
+        default=1,
+        help="largest shift of the teacher's training images, in pixels (default 1)",
+    )
     demo.add_argument("--epochs", type=_positive_int, default=60, help="student epochs")
+    demo.add_argument(
+        "--students",
+        type=_positive_int,
+        default=3,
+        help="student seeds, each trained from scratch and distilled (default 3)",
+    )
     demo.add_argument("--student-hidden", type=_positive_int, default=32)
-    demo.add_argument("--temperature", type=float, default=8.0)
+    demo.add_argument(
+        "--temperature",
+        type=float,
+        default=None,
+        help="distillation temperature (default: compile's, 1.0)",
+    )
     demo.add_argument(
         "--alpha",
         type=float,
-        default=0.9,
-        help="weight of the distillation term (default 0.9)",
+        default=None,
+        help="weight of the distillation term (default: compile's, 0.5)",
     )
     demo.add_argument("--learning-rate", type=float, default=1e-2)
     demo.add_argument("--batch-size", type=_positive_int, default=64)
@@ -261,6 +402,12 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument(
+        "--validation",
+        action="store_true",
+        help="report on 300 images held out of the training set instead of the "
+        "test set (for choosing settings)",
+    )
+    demo.add_argument(
         "--verbose",
         type=int,
         default=1,
@@ -275,9 +422,18 @@ def main(argv=None) -> int:
     parser = _build_parser()
     args = parser.parse_args(argv)
     if args.command == "demo":
-        if not 0.0 <= args.alpha <= 1.0:
+        if args.alpha is not None and not 0.0 <= args.alpha <= 1.0:
             parser.error(f"--alpha must be between 0 and 1, got {args.alpha}")
-        if args.temperature <= 0:
+        if not 0.0 < args.unlabelled_fraction < 1.0:
+            parser.error(
+                "--unlabelled-fraction must be strictly between 0 and 1, got "
+                f"{args.unlabelled_fraction}"
+            )
+        if args.teacher_jitter < 0:
+            parser.error(
+                f"--teacher-jitter must be 0 or more, got {args.teacher_jitter}"
+            )
+        if args.temperature is not None and args.temperature <= 0:
             parser.error(
                 f"--temperature must be greater than 0, got {args.temperature}"
             )
