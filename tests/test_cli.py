@@ -136,7 +136,10 @@ def test_demo_prints_the_data_and_a_row_per_model(demo):
         (["demo", "--temperature", "0"], "--temperature must be greater than 0"),
         (["demo", "--epochs", "0"], "expected a positive integer"),
         (["demo", "--labels", "0"], "expected a positive integer"),
-        (["demo", "--labels", "some"], "expected a positive integer or 'all', got some"),
+        (
+            ["demo", "--labels", "some"],
+            "expected a positive integer or 'all', got some",
+        ),
         (["demo", "--unlabelled-fraction", "1"], "--unlabelled-fraction must be"),
         (["demo", "--teacher-jitter", "-1"], "--teacher-jitter must be 0 or more"),
     ],
