@@ -253,3 +253,28 @@ def np_dkd(t, s, labels, temperature=4.0, target_weight=1.0, non_target_weight=8
     tckd, nckd = np_dkd_parts(t, s, labels, temperature)
     per = temperature**2 * (target_weight * tckd + non_target_weight * nckd)
     return per.mean()
+
+
+EXAMPLES_DIR = __import__("pathlib").Path(__file__).resolve().parents[1] / "examples"
+
+
+def load_example(name):
+    """The module of `examples/<name>.py`, imported from its file."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, EXAMPLES_DIR / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def with_options(args, *flags, **options):
+    """`args` with `--name value` options replaced or added, then `flags`."""
+    args = list(args)
+    for name, value in options.items():
+        flag = "--" + name.replace("_", "-")
+        if flag in args:
+            args[args.index(flag) + 1] = str(value)
+        else:
+            args += [flag, str(value)]
+    return args + list(flags)

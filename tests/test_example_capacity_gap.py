@@ -1,16 +1,15 @@
 """Tests of examples/capacity_gap.py on scikit-learn's bundled 8x8 digits."""
 
 import importlib.util
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from conftest import load_example, with_options
 from keras_kd import data, models
 
 pytest.importorskip("sklearn")
 
-_EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "capacity_gap.py"
 _HAS_TUNER = importlib.util.find_spec("keras_tuner") is not None
 
 # A 2x256 teacher (85,002 parameters) and an 8-unit student (610: 0.72%).
@@ -23,32 +22,13 @@ _TINY = (
 _DISTILLED = ("kd_t1", "kd_t4", "dist", "std_kl", "dkd")
 
 
-def _with(args, *flags, **options):
-    """`args` with `--name value` options replaced or added, and `flags`."""
-    args = list(args)
-    for name, value in options.items():
-        flag = "--" + name.replace("_", "-")
-        if flag in args:
-            args[args.index(flag) + 1] = str(value)
-        else:
-            args += [flag, str(value)]
-    return args + list(flags)
-
-
-def _load_example():
-    spec = importlib.util.spec_from_file_location("capacity_gap", _EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _accuracy(model, x, y):
     return float(np.mean(np.argmax(model.predict(x, verbose=0), -1) == y))
 
 
 @pytest.fixture(scope="module")
 def example():
-    return _load_example()
+    return load_example("capacity_gap")
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +73,7 @@ def test_parameter_ratio_is_checked(example):
 
 def test_a_student_over_one_percent_is_refused_before_training(example, capsys):
     with pytest.raises(ValueError, match="at most 1%"):
-        example.main(_with(_TINY, "--no-tune", student_hidden=16))
+        example.main(with_options(_TINY, "--no-tune", student_hidden=16))
     assert "accuracy" not in capsys.readouterr().out  # nothing was trained
 
 
@@ -185,7 +165,7 @@ def test_with_alpha_zero_every_distilled_student_is_the_scratch_one(example):
     # alpha=0: the distillation term weighs nothing, so every run, the
     # chain's last stage included, trains like the scratch student, from
     # the same initial weights on the same batches.
-    out = example.main(_with(_TINY, "--no-tune", alpha=0.0, teacher_epochs=2))
+    out = example.main(with_options(_TINY, "--no-tune", alpha=0.0, teacher_epochs=2))
     (run,) = out["per_seed"]
     scratch = run["models"]["scratch"].get_weights()
     for name in (*_DISTILLED, "chain"):

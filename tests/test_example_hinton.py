@@ -1,16 +1,13 @@
 """Tests of examples/hinton_mnist.py on scikit-learn's bundled 8x8 digits."""
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 
+from conftest import load_example, with_options
 from keras_kd import data
 
 pytest.importorskip("sklearn")
 
-_EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "hinton_mnist.py"
 
 _TINY = (
     "--dataset digits --seeds 3 --teacher-epochs 8 --student-epochs 8 "
@@ -20,25 +17,6 @@ _TINY = (
 ).split()
 
 _STUDENTS = ("scratch", "distilled", "jittered", "consistent")
-
-
-def _with(args, **options):
-    """`args` with `--name value` options replaced or added."""
-    args = list(args)
-    for name, value in options.items():
-        flag = "--" + name.replace("_", "-")
-        if flag in args:
-            args[args.index(flag) + 1] = str(value)
-        else:
-            args += [flag, str(value)]
-    return args
-
-
-def _load_example():
-    spec = importlib.util.spec_from_file_location("hinton_mnist", _EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _assert_same_weights(a, b):
@@ -54,7 +32,7 @@ def _differ(a, b):
 
 @pytest.fixture(scope="module")
 def example():
-    return _load_example()
+    return load_example("hinton_mnist")
 
 
 @pytest.fixture(scope="module")
@@ -142,7 +120,7 @@ def test_students_differ_only_by_the_distillation_term(example):
     # With alpha=0 a distiller trains on the hard labels alone: from the
     # same initial weights, batches, shifts and mixtures, each distilled
     # student must end bit-identical to its control.
-    run = example.main(_with(_TINY, alpha=0.0, mixup=0.4))["per_seed"][0]
+    run = example.main(with_options(_TINY, alpha=0.0, mixup=0.4))["per_seed"][0]
     students = run["models"]
     _assert_same_weights(students["distilled"], students["scratch"])
     _assert_same_weights(students["consistent"], students["jittered"])
@@ -154,7 +132,7 @@ def test_students_differ_only_by_the_distillation_term(example):
 def test_without_jitter_the_control_is_the_scratch_student(example):
     # No jitter, no mixup and as many epochs: the control is trained exactly
     # as the scratch student, through `kd.Distiller(teacher=None)`.
-    args = _with(
+    args = with_options(
         _TINY, jitter=0, teacher_epochs=2, student_epochs=3, consistent_epochs=3
     )
     run = example.main(args)["per_seed"][0]

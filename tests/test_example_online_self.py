@@ -1,23 +1,12 @@
 """The issue-3 examples run end to end on scikit-learn's digits."""
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 
+from conftest import load_example
 from keras_kd import data, models
 
 pytest.importorskip("sklearn")
-
-_EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-
-
-def _load(name):
-    spec = importlib.util.spec_from_file_location(name, _EXAMPLES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _test_accuracy(model):
@@ -30,7 +19,7 @@ def _test_accuracy(model):
 @pytest.mark.parametrize("name", ["self_distillation", "online_distillation"])
 def test_examples_answer_help(name, capsys):
     with pytest.raises(SystemExit) as excinfo:
-        _load(name).main(["--help"])
+        load_example(name).main(["--help"])
     assert excinfo.value.code == 0
     out = capsys.readouterr().out
     assert "--dataset" in out and "--data-dir" in out and "--seeds" in out
@@ -41,7 +30,7 @@ def test_self_distillation_example_reports_every_generation(capsys):
         "--dataset digits --seeds 0 --generations 3 --epochs 3 --hidden 16 "
         "--batch-size 64 --learning-rate 0.01"
     ).split()
-    out = _load("self_distillation").main(argv)
+    out = load_example("self_distillation").main(argv)
     accs, weights = out["accuracy"][0], out["weights"][0]
     assert len(accs) == len(weights) == 3
     model = models.mlp((8, 8, 1), 10, hidden=16)
@@ -63,7 +52,7 @@ def test_online_distillation_example_reports_peers_and_students(capsys):
         "--dataset digits --seeds 0 --epochs 3 --peer-hidden 16 --teacher-hidden 32 "
         "--student-hidden 8 --batch-size 64 --learning-rate 0.01"
     ).split()
-    out = _load("online_distillation").main(argv)
+    out = load_example("online_distillation").main(argv)
     r = out["results"][0]
     trained = r["models"]
     assert len(r["mutual"]) == len(trained["mutual"]) == 2

@@ -1,17 +1,15 @@
 """Tests of examples/transfer_set.py on scikit-learn's bundled 8x8 digits."""
 
-import importlib.util
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from conftest import load_example, with_options
 from keras_kd import data
 
 pytest.importorskip("sklearn")
 
-_EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "transfer_set.py"
 
 _TINY = (
     "--dataset digits --seeds 1 --labels 100 --teacher-epochs 50 "
@@ -23,28 +21,9 @@ _TINY = (
 _STUDENTS = ("scratch", "jittered", "distilled", "transfer", "consistent")
 
 
-def _with(args, *flags, **options):
-    """`args` with `--name value` options replaced or added, and `flags`."""
-    args = list(args)
-    for name, value in options.items():
-        flag = "--" + name.replace("_", "-")
-        if flag in args:
-            args[args.index(flag) + 1] = str(value)
-        else:
-            args += [flag, str(value)]
-    return args + list(flags)
-
-
-def _load_example():
-    spec = importlib.util.spec_from_file_location("transfer_set", _EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def example():
-    return _load_example()
+    return load_example("transfer_set")
 
 
 @pytest.fixture(scope="module")
@@ -160,7 +139,7 @@ def test_no_label_outside_the_labelled_set_reaches_training(example, results):
 
 def test_students_start_from_the_same_weights(example, capsys):
     # No student epochs: every student ends where it started.
-    args = _with(
+    args = with_options(
         _TINY,
         "--no-consistent",
         teacher_labels="all",
@@ -187,7 +166,9 @@ def test_students_start_from_the_same_weights(example, capsys):
 def test_without_jitter_the_paired_runs_are_identical(example):
     # No jitter: "jittered" is trained exactly as "scratch", and "consistent"
     # as "transfer" (same initial weights, same batches of kd.data.mix).
-    args = _with(_TINY, jitter=0, teacher_epochs=5, label_epochs=2, transfer_epochs=1)
+    args = with_options(
+        _TINY, jitter=0, teacher_epochs=5, label_epochs=2, transfer_epochs=1
+    )
     (run,) = example.main(args)["per_seed"]
     students = run["models"]
     for a, b in (("jittered", "scratch"), ("consistent", "transfer")):
