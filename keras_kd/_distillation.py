@@ -314,7 +314,7 @@ def unpack_batch(data):
         x = tf.nest.map_structure(
             lambda a, b: tf.concat([a, b], axis=0), data.x, data.unlabelled_x
         )
-        labelled = tf.shape(tf.nest.flatten(data.x)[0])[0]
+        labelled = _utils.batch_size(data.x)
         return x, data.y, None, labelled
     x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
     return x, y, sample_weight, None

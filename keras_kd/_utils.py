@@ -331,3 +331,8 @@ def output_is_probabilities(model):
     if layers is None:
         return None
     return [applies_softmax(layer) for layer in layers]
+
+
+def batch_size(x):
+    """The number of rows of a batch of inputs (a tensor or a nest), a tensor."""
+    return tf.shape(tf.nest.flatten(x)[0])[0]

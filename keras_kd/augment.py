@@ -196,7 +196,7 @@ class MixUp:
 
     def __call__(self, x, step=0):
         """`(mix_inputs(x, lam, perm), lam, perm)` for one batch `x`."""
-        lam, perm = self.sample(step, [batch_size(x)])
+        lam, perm = self.sample(step, [_utils.batch_size(x)])
         return mix_inputs(x, lam, perm), lam, perm
 
     def get_config(self):
@@ -380,11 +380,6 @@ def check_augmentation(augmentation):
     )
 
 
-def batch_size(x):
-    """The number of rows of a batch of inputs (a tensor or a nest)."""
-    return tf.shape(tf.nest.flatten(x)[0])[0]
-
-
 def augment_inputs(augmentation, x):
     """`augmentation(x)`, a layer called with `training=True`."""
     if isinstance(augmentation, keras.layers.Layer):
@@ -463,7 +458,7 @@ def transform_batch(x, augmentation, mixup, step, labelled=None):
             x = augment_inputs(augmentation, x)
     if mixup is None:
         return x, None
-    rows = batch_size(x)
+    rows = _utils.batch_size(x)
     sizes = [rows] if labelled is None else [labelled, rows - labelled]
     lam, perm = mixup.sample(step, sizes)
     return mix_inputs(x, lam, perm), (lam, perm)

@@ -528,7 +528,7 @@ class Distiller(keras.Model):
         total = total + backend.regularization_loss(self.student)
         # Losses are scaled by 1 / replicas for the gradient sum across
         # replicas (Keras does the same); the trackers show unscaled values.
-        batch = tf.shape(tf.nest.flatten(x)[0])[0]
+        batch = _utils.batch_size(x)
         replicas = float(backend.num_replicas())
         for tracker, value in (
             (self.total_loss_tracker, total),

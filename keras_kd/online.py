@@ -164,7 +164,7 @@ class OnlineDistiller(Distiller):
                 self.teacher_alpha * towards_student + (1.0 - self.teacher_alpha) * loss
             )
         loss = loss + backend.regularization_loss(self.teacher)
-        batch = tf.shape(tf.nest.flatten(x)[0])[0]
+        batch = _utils.batch_size(x)
         self.teacher_loss_tracker.update_state(
             loss * float(backend.num_replicas()), sample_weight=batch
         )
@@ -413,7 +413,7 @@ class MutualLearning(keras.Model):
         return self._update(x, y, sample_weight, outputs, losses, tf.add_n(losses))
 
     def _update(self, x, y, sample_weight, outputs, losses, total):
-        batch = tf.shape(tf.nest.flatten(x)[0])[0]
+        batch = _utils.batch_size(x)
         replicas = float(backend.num_replicas())
         self.total_loss_tracker.update_state(total * replicas, sample_weight=batch)
         results = {"loss": self.total_loss_tracker.result()}
