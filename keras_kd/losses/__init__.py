@@ -1,10 +1,11 @@
 """Distillation losses.
 
 Each loss compares a student's output (`y_pred`) with a teacher's output
-(`y_true`) softened by a temperature. They are ordinary `keras.losses.Loss`
-subclasses: the `Distiller` uses them, and so can any Keras model compiled
-with teacher outputs as its targets (`model.compile(loss=KLDivergence(4.0))`
-with `model.fit(x, teacher_logits)`).
+(`y_true`): the response losses their outputs softened by a temperature,
+the feature losses their intermediate features. They are ordinary
+`keras.losses.Loss` subclasses: the `Distiller` uses them, and so can any
+Keras model compiled with teacher outputs as its targets
+(`model.compile(loss=KLDivergence(4.0))` with `model.fit(x, teacher_logits)`).
 
 | loss | the student matches | paper |
 | --- | --- | --- |
@@ -13,6 +14,17 @@ with `model.fit(x, teacher_logits)`).
 | `SoftTargetCrossEntropy` | as `KLDivergence` (+ teacher entropy) | Hinton 2015 |
 | `DIST` | correlations over classes and the batch | Huang 2022 |
 | `DecoupledKD` | target / non-target parts apart; labels | Zhao 2022 |
+| `FeatureMSE` | an intermediate feature (equal shapes) | Romero 2015 |
+| `CosineDistance` | the direction of each feature vector | |
+| `AttentionTransfer` | spatial attention maps (any widths) | Zagoruyko 2017 |
+| `RelationalKD` | distances and angles in the batch (any widths) | Park 2019 |
+| `AttentionMapLoss` | attention probabilities (any head counts) | Wang 2020 |
+
+The feature losses (`keras_kd.losses.feature`) compare intermediate
+features; those marked "any" (class attribute `width_agnostic = True`) need
+no projection of the student's feature. `get_feature_loss` resolves a name
+(`"mse"`, `"cosine"`, `"at"`, `"rkd"`, `"attention_map"`, ...), a config
+or a function into one.
 
 The computation always runs in float32, whatever the mixed-precision policy,
 and softens logits with a numerically stable `log_softmax`, never
@@ -31,14 +43,28 @@ from keras_kd.losses._base import (
     validate_temperature,
 )
 from keras_kd.losses.decoupled import DecoupledKD
+from keras_kd.losses.feature import (
+    AttentionMapLoss,
+    AttentionTransfer,
+    CosineDistance,
+    FeatureMSE,
+    RelationalKD,
+    get_feature_loss,
+)
 from keras_kd.losses.response import DIST, KLDivergence, SoftTargetCrossEntropy
 
 __all__ = [
     "DIST",
+    "AttentionMapLoss",
+    "AttentionTransfer",
+    "CosineDistance",
     "DecoupledKD",
+    "FeatureMSE",
     "KLDivergence",
+    "RelationalKD",
     "SoftTargetCrossEntropy",
     "as_loss",
+    "get_feature_loss",
     "softened_log_probs",
     "standardize_logits",
     "validate_temperature",
