@@ -30,10 +30,12 @@ from keras_kd import (
     losses,
     models,
     optimize,
+    taps,
 )
 from keras_kd.chain import ChainResult, distill_chain
 from keras_kd.distiller import Distiller
 from keras_kd.online import MutualLearning, OnlineDistiller
+from keras_kd.taps import FeatureMatch
 from keras_kd.tune import TuneResult, tune
 
 __version__ = "0.1.0"
@@ -41,6 +43,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ChainResult",
     "Distiller",
+    "FeatureMatch",
     "MutualLearning",
     "OnlineDistiller",
     "augment",
@@ -52,6 +55,7 @@ __all__ = [
     "losses",
     "models",
     "optimize",
+    "taps",
     "TuneResult",
     "distill_chain",
     "tune",

@@ -32,7 +32,8 @@ SCRIPT = textwrap.dedent(
         regularizer = keras.regularizers.L2(l2) if l2 else None
         return keras.Sequential([keras.Input((8,)),
                                  keras.layers.Dense(h, activation="relu",
-                                                    kernel_regularizer=regularizer),
+                                                    kernel_regularizer=regularizer,
+                                                    name="hidden"),
                                  keras.layers.Dense(3)])
 
     def build(kind, t, s):
@@ -43,8 +44,14 @@ SCRIPT = textwrap.dedent(
                       metrics=["accuracy"], temperature=2.0, alpha=0.5)
             return m
         online = kind == "online"
+        extra = {}
+        if kind == "features":  # a projected hint (an adapter) and two teachers
+            t = [t, mlp(8)]
+            extra = dict(teacher_weights=[1.0, 2.0], features=[
+                kd.FeatureMatch("hidden", "hidden"),
+                kd.FeatureMatch("hidden", "hidden", loss="cosine", teacher=1)])
         d = kd.Distiller(teacher=t, student=s, train_teacher=online,
-                         teacher_alpha=0.3 if online else 0.0)
+                         teacher_alpha=0.3 if online else 0.0, **extra)
         d.compile(optimizer=keras.optimizers.SGD(0.1), loss=sce,
                   metrics=["accuracy"], alpha=0.5)
         return d
@@ -52,6 +59,7 @@ SCRIPT = textwrap.dedent(
     kind = sys.argv[1]
     keras.utils.set_random_seed(0)
     teacher_w, student_w = mlp(16, 0.01).get_weights(), mlp(4, 0.01).get_weights()
+    second_w, adapter_w = mlp(8).get_weights(), None
     results = {}
     strategies = {
         "default": tf.distribute.get_strategy(),
@@ -63,10 +71,16 @@ SCRIPT = textwrap.dedent(
             t.set_weights(teacher_w)
             s.set_weights(student_w)
             d = build(kind, t, s)
+            if kind == "features":  # the same initial adapter in both runs
+                d.teachers[1].set_weights(second_w)
+                adapter_w = adapter_w or [a.get_weights() for a in d.adapters]
+                for adapter, weights in zip(d.adapters, adapter_w):
+                    adapter.set_weights(weights)
         logs = d.evaluate(x, y, batch_size=32, verbose=0, return_dict=True)
         history = d.fit(x, y, batch_size=32, epochs=1, shuffle=False, verbose=0)
+        adapters = [w for a in getattr(d, "adapters", []) for w in a.get_weights()]
         results[name] = (logs, {k: v[0] for k, v in history.history.items()},
-                         s.get_weights() + t.get_weights())
+                         s.get_weights() + t.get_weights() + adapters)
     assert strategies["mirrored"].num_replicas_in_sync == 2
     one, two = results["default"], results["mirrored"]
     for i in (0, 1):
@@ -82,7 +96,7 @@ SCRIPT = textwrap.dedent(
 )
 
 
-@pytest.mark.parametrize("kind", ["offline", "online", "mutual"])
+@pytest.mark.parametrize("kind", ["offline", "online", "mutual", "features"])
 def test_mirrored_strategy_matches_single_device(kind):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     result = subprocess.run(

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from keras_kd import _distillation, _utils, augment, backend
+from keras_kd import _distillation, _teaching, _utils, augment, backend, taps
 from keras_kd._utils import output_is_probabilities
 from keras_kd.backend import keras, register_serializable, tf
+from keras_kd.distiller.steps import DistillerSteps
 from keras_kd.losses import KLDivergence
 
 # compile's default recipe (KL, T=1, alpha=0.5), chosen on validation splits
@@ -20,7 +21,7 @@ _DEFAULT_TEMPERATURE = 1.0
 
 
 @register_serializable
-class Distiller(keras.Model):
+class Distiller(DistillerSteps, keras.Model):
     """Trains a student model from a frozen teacher and the hard labels.
 
     A `Distiller` wraps a trained `teacher` and a `student` and behaves like
@@ -61,9 +62,11 @@ class Distiller(keras.Model):
     the compiled metrics, for training and validation.
 
     Args:
-        teacher: a trained `keras.Model`, or None.
+        teacher: a trained `keras.Model`, a list of them (several teachers:
+            the soft targets average their probabilities, weighted by
+            `teacher_weights`), or None.
         student: the `keras.Model` to train; its outputs must have the
-            teacher's shapes.
+            teacher's shapes (but for `class_indices`).
         train_teacher: online distillation: train the teacher at the same
             time. `Distiller(..., train_teacher=True)` returns a
             `keras_kd.online.OnlineDistiller` (a `Distiller`); see it for
@@ -84,6 +87,22 @@ class Distiller(keras.Model):
             `lam * loss(y, p) + (1 - lam) * loss(y[perm], p)`.
             `augmentation` and `mixup` work without a teacher too, not with
             `train_teacher=True`.
+        features: a list of `keras_kd.FeatureMatch`: intermediate layers the
+            student learns to match (feature distillation), each adding
+            `weight * feature_loss` to the loss; projection adapters, where
+            widths differ, are in `adapters`. Each model still runs once per
+            step. Needs Sequential or Functional models; see
+            `keras_kd.taps`.
+        teacher_weights: with several teachers, one weight >= 0 each
+            (default equal): the soft targets are `sum_k w_k softmax(z_k / T)
+            / sum_k w_k` at the distillation loss's temperature `T`.
+        teacher_inputs: with dict inputs, the key (or list of keys) the
+            teacher reads, e.g. a higher-resolution image.
+        student_inputs: the key (or keys) the student reads; `predict` and
+            `__call__` route a dict the same way.
+        class_indices: the teacher classes the student's outputs stand for,
+            in order (a student with fewer classes): the teacher's
+            distribution is restricted to them and renormalised.
         **kwargs: passed to `keras.Model`.
 
     Example:
@@ -125,6 +144,11 @@ class Distiller(keras.Model):
         name="distiller",
         augmentation=None,
         mixup=None,
+        features=None,
+        teacher_weights=None,
+        teacher_inputs=None,
+        student_inputs=None,
+        class_indices=None,
         **kwargs,
     ):
         backend.check_tensorflow_backend("Distiller")
@@ -140,9 +164,9 @@ class Distiller(keras.Model):
                 "Received: train_teacher=True."
             )
         _utils.check_alpha(teacher_alpha, "teacher_alpha")
-        _utils.check_model(teacher, "teacher", allow_none=True)
+        teachers, teacher_weights = _teaching.check_teachers(teacher, teacher_weights)
         _utils.check_model(student, "student", allow_none=False)
-        if teacher is student:
+        if any(t is student for t in teachers):
             raise ValueError(
                 "Arguments `teacher` and `student` must be different models. "
                 f"Received the same model for both: {student.name!r}. For "
@@ -150,27 +174,50 @@ class Distiller(keras.Model):
                 "student (see `keras_kd.callbacks.SelfDistillation`)."
             )
         _distillation.check_trainable(student)
-        if teacher is not None:
-            _distillation.check_output_shapes(teacher, student)
+        class_indices = _teaching.check_class_indices(class_indices, teachers, student)
+        _teaching.check_teacher_outputs(
+            teachers, student, class_indices, _distillation.check_output_shapes
+        )
+        keys = _teaching.check_routing(
+            teacher_inputs, student_inputs, augmentation, mixup
+        )
+        features = _teaching.check_features(features)
+        _teaching.refuse_online(
+            self.train_teacher, teachers, features, keys, class_indices
+        )
         super().__init__(name=name, **kwargs)
         self.teacher = teacher
         self.student = student
         self.augmentation = augmentation
         self._mixup = mixup
         self._teacher_swapped = False
-        if teacher is not None and not self.train_teacher:
-            teacher.trainable = False
+        object.__setattr__(self, "_teachers", teachers)
+        self._teacher_weights = teacher_weights
+        self._teacher_inputs, self._student_inputs = keys
+        self._class_indices = class_indices
+        for model in teachers:
+            if not self.train_teacher:
+                model.trainable = False
+        # The views share the models' layers: not tracked, so that no weight
+        # is saved twice. The adapters are the Distiller's own weights.
+        object.__setattr__(
+            self,
+            "_features",
+            taps.Features(features, student, teachers) if features else None,
+        )
+        self.adapters = list(self._features.adapters) if features else []
         self._alpha = tf.Variable(0.5, trainable=False, dtype=tf.float32, name="alpha")
         self._distillation_loss = None
         self._distillation_fns = None
         self._has_hard_loss = False
-        self._teacher_probs = (
-            output_is_probabilities(teacher) if teacher is not None else None
-        )
+        self._teacher_probs = _teaching.target_probabilities(teachers, class_indices)
         self._student_probs = output_is_probabilities(student)
         self.total_loss_tracker = keras.metrics.Mean(name="loss")
         self.hard_loss_tracker = keras.metrics.Mean(name="hard_loss")
         self.distillation_loss_tracker = keras.metrics.Mean(name="distillation_loss")
+        self.feature_loss_tracker = (
+            keras.metrics.Mean(name="feature_loss") if features else None
+        )
         if getattr(student, "built", False):
             self.built = True
 
@@ -179,7 +226,19 @@ class Distiller(keras.Model):
     # ------------------------------------------------------------------
 
     def call(self, inputs, training=None):
+        if self._student_inputs is not None and isinstance(inputs, dict):
+            inputs = _teaching.route(inputs, self._student_inputs, "student_inputs")
         return self.student(inputs, training=training)
+
+    @property
+    def teachers(self) -> list:
+        """The teachers, as a list (empty without a teacher)."""
+        return list(self._teachers)
+
+    @property
+    def features(self) -> list:
+        """The `keras_kd.FeatureMatch`es given as `features`."""
+        return list(self._features.matches) if self._features else []
 
     @property
     def alpha(self) -> float:
@@ -301,6 +360,9 @@ class Distiller(keras.Model):
         for key, value in (("augmentation", self.augmentation), ("mixup", self.mixup)):
             if value is not None:
                 config[key] = serialize(value)
+        if not self._teacher_swapped and isinstance(self.teacher, (list, tuple)):
+            config["teacher"] = [serialize(t) for t in self._teachers]
+        config.update(_teaching.routing_config(self))
         return config
 
     @classmethod
@@ -311,8 +373,16 @@ class Distiller(keras.Model):
         for key in ("augmentation", "mixup"):
             if config.get(key) is not None:
                 config[key] = deserialize(config[key])
+        if config.get("features"):
+            config["features"] = [
+                taps.FeatureMatch.from_config(c) for c in config["features"]
+            ]
+        if isinstance(teacher, list):
+            teacher = [deserialize(t) for t in teacher]
+        elif teacher is not None:
+            teacher = deserialize(teacher)
         return cls(
-            teacher=None if teacher is None else deserialize(teacher),
+            teacher=teacher,
             student=deserialize(config.pop("student")),
             **config,
         )
@@ -324,11 +394,12 @@ class Distiller(keras.Model):
         `loss` (the total), `hard_loss` and `distillation_loss`; an
         `OnlineDistiller` adds `teacher_loss`.
         """
-        return [
+        trackers = [
             self.total_loss_tracker,
             self.hard_loss_tracker,
             self.distillation_loss_tracker,
         ]
+        return trackers + ([self.feature_loss_tracker] if self._features else [])
 
     @property
     def metrics(self):
@@ -349,11 +420,11 @@ class Distiller(keras.Model):
         x, mix = augment.transform_batch(
             x, self.augmentation, self._mixup, self.optimizer.iterations, labelled
         )
-        teacher_output = self._teacher_forward(x)
+        teaching = self._teacher_forward(x)
         with tf.GradientTape() as tape:
-            y_pred = self.student(x, training=True)
+            y_pred, features = self._student_forward(x, training=True)
             loss = self._step_loss(
-                x, y, y_pred, teacher_output, sample_weight, labelled, mix
+                x, y, y_pred, teaching, sample_weight, labelled, mix, features
             )
         backend.minimize(self.optimizer, loss, self.trainable_variables, tape)
         rows = _distillation.labelled_rows(y_pred, labelled)
@@ -361,9 +432,9 @@ class Distiller(keras.Model):
 
     def test_step(self, data):
         x, y, sample_weight, labelled = _distillation.unpack_batch(data)
-        teacher_output = self._teacher_forward(x)
-        y_pred = self.student(x, training=False)
-        self._step_loss(x, y, y_pred, teacher_output, sample_weight, labelled)
+        teaching = self._teacher_forward(x)
+        y_pred, features = self._student_forward(x, training=False)
+        self._step_loss(x, y, y_pred, teaching, sample_weight, labelled, None, features)
         rows = _distillation.labelled_rows(y_pred, labelled)
         return self.compute_metrics(x, y, rows, sample_weight)
 
@@ -399,18 +470,26 @@ class Distiller(keras.Model):
         distiller.fit(x, y, epochs=5)
         ```
         """
-        _utils.check_model(teacher, "teacher", allow_none=True)
-        if teacher is self.student:
+        teachers, _ = _teaching.check_teachers(teacher, self._teacher_weights)
+        if any(t is self.student for t in teachers):
             raise ValueError(
                 "The new teacher must not be the student itself; give it a frozen copy."
             )
-        if teacher is not None:
-            _distillation.check_output_shapes(teacher, self.student)
-            teacher.trainable = False
+        _teaching.check_teacher_outputs(
+            teachers,
+            self.student,
+            self._class_indices,
+            _distillation.check_output_shapes,
+        )
+        if self._features is not None and teachers:
+            self._features.set_teachers(teachers)
+        for model in teachers:
+            model.trainable = False
         object.__setattr__(self, "teacher", teacher)
+        object.__setattr__(self, "_teachers", teachers)
         self._teacher_swapped = True
-        self._teacher_probs = (
-            output_is_probabilities(teacher) if teacher is not None else None
+        self._teacher_probs = _teaching.target_probabilities(
+            teachers, self._class_indices
         )
         self._distillation_fns = None
         self.train_function = None
@@ -419,172 +498,6 @@ class Distiller(keras.Model):
         if getattr(self, "optimizer", None) is not None:
             self.make_train_function(force=True)
             self.make_test_function(force=True)
-
-    # ------------------------------------------------------------------
-    # The losses of one step
-    # ------------------------------------------------------------------
-
-    def compute_hard_loss(self, y, y_pred, sample_weight=None):
-        """The loss given to `compile` between the labels and `y_pred`.
-
-        Args:
-            y: the labels, or None.
-            y_pred: outputs of the student (or of a model shaped like it).
-            sample_weight: optional sample weights.
-
-        Returns:
-            A float32 scalar; 0 without labels or without a hard loss.
-        """
-        if not self._has_hard_loss or y is None:
-            return tf.zeros((), tf.float32)
-        compiled = backend.compiled_loss(self)
-        if backend.LEGACY:
-            loss = compiled(y, y_pred, sample_weight, regularization_losses=None)
-        else:
-            loss = compiled(y, y_pred, sample_weight)
-        return tf.cast(loss, tf.float32)
-
-    def compute_distillation_loss(
-        self,
-        teacher_output,
-        student_output,
-        sample_weight=None,
-        reverse=False,
-        labels=None,
-    ):
-        """The compiled distillation loss between teacher and student outputs.
-
-        Summed over the outputs that have a distillation loss. Outputs of a
-        final softmax are turned into log-probabilities where the loss
-        expects logits.
-
-        Args:
-            teacher_output: the teacher's outputs (targets).
-            student_output: the student's outputs (predictions).
-            sample_weight: optional sample weights.
-            reverse: swap the roles: the teacher learns towards the student's
-                outputs (the teacher's term of online distillation). Each
-                output keeps its own model's softmax detection.
-            labels: the batch's labels (`y`), or None; given to the losses
-                that declare `requires_labels = True`.
-
-        Returns:
-            A float32 scalar.
-        """
-        fns = self._resolve_distillation_fns(student_output)
-        teacher = (tf.nest.flatten(teacher_output), self._teacher_probs)
-        student = (tf.nest.flatten(student_output), self._student_probs)
-        if reverse:
-            teacher, student = student, teacher
-        per_output = None
-        if _distillation.needs_labels(fns):
-            per_output = _distillation.labels_per_output(
-                labels, student_output, self._output_names()
-            )
-        return _distillation.distillation_term(
-            fns,
-            teacher[0],
-            student[0],
-            teacher[1],
-            student[1],
-            sample_weight,
-            labels=per_output,
-        )
-
-    def compute_total_loss(
-        self, x, y, y_pred, teacher_output, sample_weight=None, hard_loss=None
-    ):
-        """The student's loss; updates the `loss_trackers`.
-
-        `alpha * distillation + (1 - alpha) * hard` plus the student's
-        regularization losses; the hard loss alone without a teacher.
-
-        Args:
-            x: the inputs (their batch size weights the trackers).
-            y: the labels, or None: for the hard loss (unless `hard_loss` is
-                given) and for the distillation losses that require labels.
-            y_pred: the student's outputs.
-            teacher_output: the teacher's outputs (gradient stopped), or None.
-            sample_weight: optional sample weights.
-            hard_loss: the hard-label term, where the step computed it
-                (mixup, labelled rows of a mixed batch); None: from `y`.
-
-        Returns:
-            A float32 scalar, scaled per replica under `tf.distribute` as
-            Keras scales losses.
-        """
-        _distillation.check_trainable(self.student)
-        hard = hard_loss
-        if hard is None:
-            hard = self.compute_hard_loss(y, y_pred, sample_weight)
-        if teacher_output is None:
-            distill = tf.zeros((), tf.float32)
-            total = hard
-        else:
-            distill = self.compute_distillation_loss(
-                teacher_output, y_pred, sample_weight, labels=y
-            )
-            total = self._alpha * distill + (1.0 - self._alpha) * hard
-        total = total + backend.regularization_loss(self.student)
-        # Losses are scaled by 1 / replicas for the gradient sum across
-        # replicas (Keras does the same); the trackers show unscaled values.
-        batch = _utils.batch_size(x)
-        replicas = float(backend.num_replicas())
-        for tracker, value in (
-            (self.total_loss_tracker, total),
-            (self.hard_loss_tracker, hard),
-            (self.distillation_loss_tracker, distill),
-        ):
-            tracker.update_state(value * replicas, sample_weight=batch)
-        return total
-
-    # ------------------------------------------------------------------
-    # Internals
-    # ------------------------------------------------------------------
-
-    def _output_names(self):
-        names = getattr(self.student, "output_names", None)
-        return list(names) if names else None
-
-    def _resolve_distillation_fns(self, y_pred):
-        if self._distillation_fns is None:
-            self._distillation_fns = _distillation.losses_per_output(
-                self._distillation_loss, y_pred, self._output_names()
-            )
-        return self._distillation_fns
-
-    def _step_loss(
-        self, x, y, y_pred, teacher_output, sample_weight, labelled, mix=None
-    ):
-        """The total loss of a step, with mixup and labelled rows handled."""
-        rows = _distillation.labelled_rows(y_pred, labelled)
-        if mix is None or y is None:
-            hard = self.compute_hard_loss(y, rows, sample_weight)
-        else:  # labelled rows are mixed among themselves: perm's first rows
-            lam, perm = mix
-            perm = perm if labelled is None else perm[:labelled]
-            hard = augment.mixed_loss(
-                self.compute_hard_loss, y, rows, lam, perm, sample_weight
-            )
-        labels = y
-        if labelled is not None:  # labels for the losses that require them
-            labels = _distillation.mixed_batch_labels(
-                self._resolve_distillation_fns(y_pred),
-                y,
-                teacher_output,
-                labelled,
-                y_pred,
-                self._output_names(),
-            )
-        return self.compute_total_loss(
-            x, labels, y_pred, teacher_output, sample_weight, hard_loss=hard
-        )
-
-    def _teacher_forward(self, x):
-        if self.teacher is None:
-            return None
-        output = self.teacher(x, training=False)
-        return tf.nest.map_structure(tf.stop_gradient, output)
 
 
 def _asks_for_online_training(args, kwargs) -> bool:

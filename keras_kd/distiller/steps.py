@@ -1,0 +1,222 @@
+"""The losses of one `Distiller` step: hard, distillation, features, total.
+
+A mixin of `keras_kd.Distiller` (kept apart so that each file holds one
+concept): how each model runs once per step and how the student's loss is
+put together from the hard labels, the soft targets and the feature taps.
+"""
+
+from __future__ import annotations
+
+from keras_kd import _distillation, _teaching, _utils, augment, backend
+from keras_kd.backend import tf
+
+
+class DistillerSteps:
+    """The per-step computations of `keras_kd.Distiller` (a mixin)."""
+
+    def compute_hard_loss(self, y, y_pred, sample_weight=None):
+        """The loss given to `compile` between the labels and `y_pred`.
+
+        Args:
+            y: the labels, or None.
+            y_pred: outputs of the student (or of a model shaped like it).
+            sample_weight: optional sample weights.
+
+        Returns:
+            A float32 scalar; 0 without labels or without a hard loss.
+        """
+        if not self._has_hard_loss or y is None:
+            return tf.zeros((), tf.float32)
+        compiled = backend.compiled_loss(self)
+        if backend.LEGACY:
+            loss = compiled(y, y_pred, sample_weight, regularization_losses=None)
+        else:
+            loss = compiled(y, y_pred, sample_weight)
+        return tf.cast(loss, tf.float32)
+
+    def compute_distillation_loss(
+        self,
+        teacher_output,
+        student_output,
+        sample_weight=None,
+        reverse=False,
+        labels=None,
+    ):
+        """The compiled distillation loss between teacher and student outputs.
+
+        Summed over the outputs that have a distillation loss. Outputs of a
+        final softmax are turned into log-probabilities where the loss
+        expects logits.
+
+        Args:
+            teacher_output: the teacher's outputs (targets).
+            student_output: the student's outputs (predictions).
+            sample_weight: optional sample weights.
+            reverse: swap the roles: the teacher learns towards the student's
+                outputs (the teacher's term of online distillation). Each
+                output keeps its own model's softmax detection.
+            labels: the batch's labels (`y`), or None; given to the losses
+                that declare `requires_labels = True`.
+
+        Returns:
+            A float32 scalar.
+        """
+        fns = self._resolve_distillation_fns(student_output)
+        teacher = (tf.nest.flatten(teacher_output), self._teacher_probs)
+        student = (tf.nest.flatten(student_output), self._student_probs)
+        if reverse:
+            teacher, student = student, teacher
+        per_output = None
+        if _distillation.needs_labels(fns):
+            per_output = _distillation.labels_per_output(
+                labels, student_output, self._output_names()
+            )
+        return _distillation.distillation_term(
+            fns,
+            teacher[0],
+            student[0],
+            teacher[1],
+            student[1],
+            sample_weight,
+            labels=per_output,
+        )
+
+    def compute_total_loss(
+        self,
+        x,
+        y,
+        y_pred,
+        teacher_output,
+        sample_weight=None,
+        hard_loss=None,
+        feature_loss=None,
+    ):
+        """The student's loss; updates the `loss_trackers`.
+
+        `alpha * distillation + (1 - alpha) * hard` plus the student's
+        regularization losses; the hard loss alone without a teacher.
+
+        Args:
+            x: the inputs (their batch size weights the trackers).
+            y: the labels, or None: for the hard loss (unless `hard_loss` is
+                given) and for the distillation losses that require labels.
+            y_pred: the student's outputs.
+            teacher_output: the teacher's outputs (gradient stopped), or None.
+            sample_weight: optional sample weights.
+            hard_loss: the hard-label term, where the step computed it
+                (mixup, labelled rows of a mixed batch); None: from `y`.
+            feature_loss: the weighted sum of the feature terms (added to
+                the total), or None.
+
+        Returns:
+            A float32 scalar, scaled per replica under `tf.distribute` as
+            Keras scales losses.
+        """
+        _distillation.check_trainable(self.student)
+        hard = hard_loss
+        if hard is None:
+            hard = self.compute_hard_loss(y, y_pred, sample_weight)
+        if teacher_output is None:
+            distill = tf.zeros((), tf.float32)
+            total = hard
+        else:
+            distill = self.compute_distillation_loss(
+                teacher_output, y_pred, sample_weight, labels=y
+            )
+            total = self._alpha * distill + (1.0 - self._alpha) * hard
+        if feature_loss is not None:
+            total = total + feature_loss
+        total = total + backend.regularization_loss(self.student)
+        # Losses are scaled by 1 / replicas for the gradient sum across
+        # replicas (Keras does the same); the trackers show unscaled values.
+        batch = _utils.batch_size(x)
+        replicas = float(backend.num_replicas())
+        values = [total, hard, distill]
+        if self._features is not None:
+            values.append(tf.zeros(()) if feature_loss is None else feature_loss)
+        for tracker, value in zip(self.loss_trackers, values):
+            tracker.update_state(value * replicas, sample_weight=batch)
+        return total
+
+    # ------------------------------------------------------------------
+    # Internals
+    # ------------------------------------------------------------------
+
+    def _output_names(self):
+        names = getattr(self.student, "output_names", None)
+        return list(names) if names else None
+
+    def _resolve_distillation_fns(self, y_pred):
+        if self._distillation_fns is None:
+            self._distillation_fns = _distillation.losses_per_output(
+                self._distillation_loss, y_pred, self._output_names()
+            )
+        return self._distillation_fns
+
+    def _step_loss(
+        self, x, y, y_pred, teaching, sample_weight, labelled, mix, features
+    ):
+        """The total loss of a step, with mixup, labelled rows and taps handled."""
+        teacher_output, feature_loss = None, None
+        if teaching is not None:
+            outputs, teacher_features = teaching
+            teacher_output = self._soft_targets(outputs, y_pred)
+            if self._features is not None:
+                feature_loss = self._features.term(
+                    teacher_features, features, sample_weight
+                )
+        rows = _distillation.labelled_rows(y_pred, labelled)
+        if mix is None or y is None:
+            hard = self.compute_hard_loss(y, rows, sample_weight)
+        else:  # labelled rows are mixed among themselves: perm's first rows
+            lam, perm = mix
+            perm = perm if labelled is None else perm[:labelled]
+            hard = augment.mixed_loss(
+                self.compute_hard_loss, y, rows, lam, perm, sample_weight
+            )
+        labels = y
+        if labelled is not None:  # labels for the losses that require them
+            labels = _distillation.mixed_batch_labels(
+                self._resolve_distillation_fns(y_pred),
+                y,
+                teacher_output,
+                labelled,
+                y_pred,
+                self._output_names(),
+            )
+        return self.compute_total_loss(
+            x, labels, y_pred, teacher_output, sample_weight, hard, feature_loss
+        )
+
+    def _teacher_forward(self, x):
+        """Each teacher once: `(outputs per teacher, tapped features)`, or None."""
+        if not self._teachers:
+            return None
+        x = _teaching.route(x, self._teacher_inputs, "teacher_inputs")
+        views = self._features.teacher_views if self._features is not None else {}
+        return _teaching.forward(self._teachers, views, x, len(self.features))
+
+    def _student_forward(self, x, training):
+        """The student once: `(outputs, tapped features or None)`."""
+        x = _teaching.route(x, self._student_inputs, "student_inputs")
+        if self._features is None:
+            return self.student(x, training=training), None
+        output, features = self._features.student_view(x, training=training)
+        return output, features
+
+    def _soft_targets(self, outputs, y_pred):
+        """What the student's outputs learn from: one teacher's outputs as
+        they are, or several teachers' average / a class subset as logits."""
+        if len(outputs) == 1 and self._class_indices is None:
+            return outputs[0]
+        fns = self._resolve_distillation_fns(y_pred)
+        probs = [_utils.output_is_probabilities(t) for t in self._teachers]
+        probs = [p or [False] * len(tf.nest.flatten(o)) for p, o in zip(probs, outputs)]
+        flat = [tf.nest.flatten(o) for o in outputs]
+        targets = _teaching.combine(
+            flat, probs, self._teacher_weights, self._class_indices, fns
+        )
+        return targets[0] if len(targets) == 1 else targets
+
+
+__all__ = ["DistillerSteps"]
