@@ -68,7 +68,7 @@ def test_equal_weights_by_default_and_every_teacher_frozen(data):
     d.fit(x, y, epochs=2, batch_size=16, verbose=0)
     for a, b in zip(before, t1.get_weights() + t2.get_weights()):
         np.testing.assert_array_equal(a, b)
-    assert d.teachers == [t1, t2]
+    assert list(d.teacher) == [t1, t2]
 
 
 def test_class_subset_renormalises_the_teachers_distribution(data):
@@ -168,7 +168,7 @@ def test_round_trip_with_teachers_subset_and_routing(data, tmp_path):
     loaded = keras.models.load_model(path)
     config = loaded.get_config()
     assert config["teacher_weights"] == [1.0, 2.0] and config["class_indices"] == [3, 0]
-    assert len(loaded.teachers) == 2
+    assert len(loaded.teacher) == 2
     a = d.evaluate(x, y % 2, batch_size=64, verbose=0, return_dict=True)
     b = loaded.evaluate(x, y % 2, batch_size=64, verbose=0, return_dict=True)
     np.testing.assert_allclose(

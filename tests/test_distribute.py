@@ -72,7 +72,7 @@ SCRIPT = textwrap.dedent(
             s.set_weights(student_w)
             d = build(kind, t, s)
             if kind == "features":  # the same initial adapter in both runs
-                d.teachers[1].set_weights(second_w)
+                d.teacher[1].set_weights(second_w)
                 adapter_w = adapter_w or [a.get_weights() for a in d.adapters]
                 for adapter, weights in zip(d.adapters, adapter_w):
                     adapter.set_weights(weights)

@@ -231,11 +231,6 @@ class Distiller(DistillerSteps, keras.Model):
         return self.student(inputs, training=training)
 
     @property
-    def teachers(self) -> list:
-        """The teachers, as a list (empty without a teacher)."""
-        return list(self._teachers)
-
-    @property
     def features(self) -> list:
         """The `keras_kd.FeatureMatch`es given as `features`."""
         return list(self._features.matches) if self._features else []
