@@ -54,8 +54,11 @@ def build(kind, teacher, args):
     model = distillation.Distiller(
         teacher=teacher,
         student=student,
+        # A `keras.losses.KLDivergence` instance: the default "kl_divergence"
+        # resolves to the plain function, which LogitsDistillation (Keras
+        # 3.15) applies to the scaled logits without a softmax.
         distillation_losses=distillation.LogitsDistillation(
-            temperature=args.temperature
+            temperature=args.temperature, loss=keras.losses.KLDivergence()
         ),
         student_loss_weight=1.0 - args.alpha,
     )
