@@ -296,6 +296,56 @@ def distillation_term(
     return tf.add_n(terms)
 
 
+def keras_mask(outputs):
+    """The Keras mask of the first output that has one (`mask_zero=True`
+    upstream), or None."""
+    for output in tf.nest.flatten(outputs):
+        mask = getattr(output, "_keras_mask", None)
+        if mask is not None:
+            return mask
+    return None
+
+
+def per_token_mean(sample_weight, outputs=None):
+    """Per-token sample weights rescaled for a mean over the real tokens.
+
+    Keras averages a loss of `(batch, time)` values over all `batch * time`
+    positions, so with a 0/1 padding mask as sample weights the padded
+    positions add zeros but still count in the mean. Rescaling the weights
+    by `size / sum(weights)` (as Keras does for its own masks, from
+    `mask_zero=True`) makes that mean `sum(w * loss) / sum(w)`: a padded
+    position contributes exactly nothing and a batch with padding gives the
+    loss of its real tokens alone. Under `tf.distribute` each replica
+    averages over its own real tokens. Weights of one value per example
+    (rank 1) are returned unchanged, and so are all weights when an output
+    carries a Keras mask (Keras then rescales by the mask itself).
+
+    Args:
+        sample_weight: None, or sample weights (a structure, one per output).
+        outputs: the student's outputs, to look for Keras masks.
+
+    Returns:
+        The weights, those of rank >= 2 rescaled, in float32.
+    """
+
+    def rescale(weights):
+        if weights is None:
+            return None
+        weights = tf.convert_to_tensor(weights)
+        if weights.shape.rank is None or weights.shape.rank < 2:
+            return weights
+        weights = tf.cast(weights, tf.float32)
+        total = tf.reduce_sum(weights)
+        size = tf.cast(tf.size(weights), tf.float32)
+        return tf.math.divide_no_nan(weights * size, total)
+
+    if sample_weight is None:
+        return None
+    if keras_mask(outputs) is not None:
+        return sample_weight
+    return tf.nest.map_structure(rescale, sample_weight)
+
+
 # ---------------------------------------------------------------------------
 # Batches of labelled and unlabelled examples
 # ---------------------------------------------------------------------------

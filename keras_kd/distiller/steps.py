@@ -156,15 +156,24 @@ class DistillerSteps:
     def _step_loss(
         self, x, y, y_pred, teaching, sample_weight, labelled, mix, features
     ):
-        """The total loss of a step, with mixup, labelled rows and taps handled."""
+        """The total loss of a step, with mixup, labelled rows and taps handled.
+
+        Per-token sample weights (a padding mask) are rescaled so that every
+        term is the weighted mean over the real tokens (`_distillation.
+        per_token_mean`), not over the padded length.
+        """
         teacher_output, feature_loss = None, None
         if teaching is not None:
             outputs, teacher_features = teaching
             teacher_output = self._soft_targets(outputs, y_pred)
             if self._features is not None:
                 feature_loss = self._features.term(
-                    teacher_features, features, sample_weight
+                    teacher_features,
+                    features,
+                    sample_weight,
+                    _distillation.keras_mask(y_pred),
                 )
+        sample_weight = _distillation.per_token_mean(sample_weight, y_pred)
         rows = _distillation.labelled_rows(y_pred, labelled)
         if mix is None or y is None:
             hard = self.compute_hard_loss(y, rows, sample_weight)

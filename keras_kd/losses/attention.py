@@ -81,6 +81,8 @@ class AttentionMapLoss(_FeatureLoss):
     # Compares whole samples / attention maps, not positions of a map:
     # the Distiller does not align spatial sizes for it.
     compares_positions = False
+    # Takes a (batch, queries) mask as sample weights (padded queries).
+    accepts_token_weights = True
 
     def __init__(
         self,

@@ -207,18 +207,27 @@ class Features:
             )
         self._sides[position] = side
 
-    def term(self, teacher_features, student_features, sample_weight=None):
+    def term(
+        self, teacher_features, student_features, sample_weight=None, token_mask=None
+    ):
         """`sum_i weight_i * loss_i(teacher_i, student_i)`, a float32 scalar.
 
         Args:
             teacher_features: one tensor per match (gradient stopped here).
             student_features: one tensor per match.
-            sample_weight: optional sample weights.
+            sample_weight: optional sample weights: one per example, or one
+                per token `(batch, time)` (a padding mask).
+            token_mask: the Keras mask `(batch, time)` of the student's
+                outputs (`mask_zero=True`), or None: padded tokens then
+                weigh nothing, as with a padding mask.
         """
+        sample_weight = _with_token_mask(sample_weight, token_mask)
         terms = []
         for position, match in enumerate(self.matches):
+            # New tensors (no Keras mask attached: the weights say which
+            # tokens count, see `_with_token_mask`).
             teacher = tf.stop_gradient(tf.cast(teacher_features[position], tf.float32))
-            student = tf.cast(student_features[position], tf.float32)
+            student = tf.identity(tf.cast(student_features[position], tf.float32))
             if getattr(match.loss, "compares_positions", True):
                 teacher, student = align_spatial(teacher, student, match.spatial)
             adapter = self._adapter_of[position]
@@ -227,8 +236,11 @@ class Features:
             elif self._sides[position] == "teacher":
                 teacher = tf.cast(adapter(teacher), tf.float32)
             backend.allow_batch_mean_under_strategy(match.loss)
+            teacher, student, weights = _per_token(
+                match, position, teacher, student, sample_weight
+            )
             value = tf.cast(
-                match.loss(teacher, student, sample_weight=sample_weight), tf.float32
+                match.loss(teacher, student, sample_weight=weights), tf.float32
             )
             if backend.LEGACY:  # Keras 3 losses scale per replica themselves
                 value = value / float(backend.num_replicas())
@@ -236,6 +248,55 @@ class Features:
         if not terms:
             return tf.zeros((), tf.float32)
         return tf.add_n(terms)
+
+
+def _with_token_mask(sample_weight, token_mask):
+    """Per-token weights from a Keras mask (times per-example weights)."""
+    if token_mask is None:
+        return sample_weight
+    flat = tf.nest.flatten(sample_weight) if sample_weight is not None else []
+    if len(flat) > 1 or (flat and flat[0].shape.rank != 1):
+        return sample_weight  # per-token weights given: they rule
+    mask = tf.cast(token_mask, tf.float32)
+    if flat:
+        mask = mask * tf.reshape(tf.cast(flat[0], tf.float32), [-1, 1])
+    return mask
+
+
+def _per_token(match, position, teacher, student, sample_weight):
+    """Features and weights for per-token sample weights (a padding mask).
+
+    With weights of shape `(batch, time)`, a loss that compares positions
+    one by one (`FeatureMSE`, `CosineDistance`, a function) sees every token
+    as a row, `(batch * time, width)`, weighted so that the term is the mean
+    over the real tokens; `AttentionMapLoss` takes the `(batch, queries)`
+    mask itself. Other losses take one weight per example and refuse.
+    """
+    flat = tf.nest.flatten(sample_weight) if sample_weight is not None else []
+    weights = flat[0] if len(flat) == 1 else sample_weight
+    rank = getattr(getattr(weights, "shape", None), "rank", None)
+    if weights is None or rank is None or rank < 2:
+        return teacher, student, weights
+    loss = match.loss
+    if getattr(loss, "accepts_token_weights", False):  # attention maps
+        return teacher, student, weights
+    if getattr(loss, "width_agnostic", False) or teacher.shape.rank != rank + 1:
+        raise ValueError(
+            f"features[{position}] ({match!r}): per-token sample weights of "
+            f"shape {tuple(weights.shape)} weight one feature vector per token "
+            f"of a (batch, time, width) feature; {type(loss).__name__} on "
+            f"features of shape {tuple(teacher.shape)} takes one weight per "
+            "example. Use loss='mse' or 'cosine' on hidden states, or "
+            "'attention_map' on attention scores."
+        )
+    weights = tf.cast(weights, tf.float32)
+    size = tf.cast(tf.size(weights), tf.float32)
+    weights = tf.math.divide_no_nan(weights * size, tf.reduce_sum(weights))
+    return (
+        tf.reshape(teacher, [-1, tf.shape(teacher)[-1]]),
+        tf.reshape(student, [-1, tf.shape(student)[-1]]),
+        tf.reshape(weights, [-1]),
+    )
 
 
 def _adapter_width(adapter) -> int:

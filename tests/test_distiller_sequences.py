@@ -1,0 +1,168 @@
+"""Token-level distillation: padded positions contribute exactly nothing.
+
+A toy language model whose outputs at a position depend on that token only
+(or on the real tokens only, through masked attention) gives the same
+outputs at the real positions of a batch with or without padding, so the
+losses of the padded batch must equal those of the unpadded one, whether
+the padding comes from a Keras mask (`mask_zero=True`) or from per-token
+sample weights; and both equal a numpy mean over the real tokens.
+"""
+
+import numpy as np
+import pytest
+
+import keras_kd as kd
+from conftest import np_log_softmax
+from keras_kd.backend import keras
+
+VOCAB = 9
+SCE = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+def token_lm(width, name, mask_zero, attention=False):
+    inputs = keras.Input((None,), dtype="int32")
+    h = keras.layers.Embedding(VOCAB, width, mask_zero=mask_zero, name=f"{name}_emb")(
+        inputs
+    )
+    h = keras.layers.Dense(width, activation="tanh", name=f"{name}_hidden")(h)
+    if attention:
+        h, _ = keras.layers.MultiHeadAttention(2, 4, name=f"{name}_mha")(
+            h, h, return_attention_scores=True
+        )
+    outputs = keras.layers.Dense(VOCAB, name=f"{name}_logits")(h)
+    return keras.Model(inputs, outputs, name=name)
+
+
+@pytest.fixture
+def batches():
+    rng = np.random.default_rng(0)
+    x = rng.integers(1, VOCAB, (4, 6))
+    y = rng.integers(1, VOCAB, (4, 6))
+    pad = 3
+    x_pad = np.concatenate([x, np.zeros((4, pad), x.dtype)], axis=1)
+    y_pad = np.concatenate([y, np.zeros((4, pad), y.dtype)], axis=1)
+    weights = (x_pad > 0).astype("float32")
+    return x, y, x_pad, y_pad, weights
+
+
+def _distiller(kind, features=None, attention=False, temperature=2.0):
+    mask_zero = kind == "keras_mask"
+    teacher = token_lm(8, "t", mask_zero, attention)
+    student = token_lm(4, "s", mask_zero, attention)
+    d = kd.Distiller(teacher, student, features=features)
+    d.compile(
+        "sgd",
+        SCE,
+        distillation_loss=kd.losses.KLDivergence(temperature),
+        alpha=0.5,
+    )
+    return d
+
+
+def _logs(d, x, y, sample_weight=None):
+    return d.evaluate(
+        x,
+        y,
+        sample_weight=sample_weight,
+        batch_size=len(x),
+        verbose=0,
+        return_dict=True,
+    )
+
+
+@pytest.mark.parametrize("kind", ["keras_mask", "sample_weight"])
+def test_padding_contributes_nothing_to_the_response_losses(batches, kind):
+    x, y, x_pad, y_pad, weights = batches
+    d = _distiller(kind)
+    plain = _logs(d, x, y)
+    padded = _logs(d, x_pad, y_pad, weights if kind == "sample_weight" else None)
+    for key in ("distillation_loss", "hard_loss", "loss"):
+        np.testing.assert_allclose(
+            padded[key], plain[key], rtol=1e-5, atol=1e-6, err_msg=key
+        )
+    # numpy: the mean over real tokens of T^2 KL(teacher || student)
+    zt = d.teacher.predict(x_pad, verbose=0).astype(np.float64)
+    zs = d.student.predict(x_pad, verbose=0).astype(np.float64)
+    lt, ls = np_log_softmax(zt / 2.0), np_log_softmax(zs / 2.0)
+    per_token = (np.exp(lt) * (lt - ls)).sum(-1) * 4.0
+    real = weights > 0
+    np.testing.assert_allclose(
+        padded["distillation_loss"], per_token[real].mean(), rtol=1e-3
+    )
+    assert not np.isclose(per_token[real].mean(), per_token.mean(), rtol=1e-4)
+
+
+def test_ragged_lengths_against_numpy():
+    rng = np.random.default_rng(3)
+    x = rng.integers(1, VOCAB, (3, 7))
+    x[0, 3:] = 0
+    x[1, 6:] = 0
+    weights = (x > 0).astype("float32")
+    d = _distiller("sample_weight")
+    logs = _logs(d, x, x, weights)
+    zt = d.teacher.predict(x, verbose=0).astype(np.float64)
+    zs = d.student.predict(x, verbose=0).astype(np.float64)
+    lt, ls = np_log_softmax(zt / 2.0), np_log_softmax(zs / 2.0)
+    per_token = (np.exp(lt) * (lt - ls)).sum(-1) * 4.0
+    expected = (per_token * weights).sum() / weights.sum()
+    np.testing.assert_allclose(
+        logs["distillation_loss"], expected, rtol=1e-3
+    )
+
+
+@pytest.mark.parametrize("kind", ["keras_mask", "sample_weight"])
+def test_hidden_state_taps_ignore_padding(batches, kind):
+    x, y, x_pad, y_pad, weights = batches
+    d = _distiller(kind, features=[kd.FeatureMatch("t_hidden", "s_hidden")])
+    assert len(d.adapters) == 1  # widths 8 and 4
+    plain = _logs(d, x, y)
+    padded = _logs(d, x_pad, y_pad, weights if kind == "sample_weight" else None)
+    np.testing.assert_allclose(padded["feature_loss"], plain["feature_loss"], rtol=1e-5)
+    # numpy: mean over real tokens of the squared error after the adapter
+    kernel, bias = (np.asarray(w, np.float64) for w in d.adapters[0].get_weights())
+
+    def hidden(model, name):
+        return keras.Model(model.inputs, model.get_layer(name).output).predict(
+            x, verbose=0
+        )
+
+    s = hidden(d.student, "s_hidden").astype(np.float64) @ kernel + bias
+    t = hidden(d.teacher, "t_hidden").astype(np.float64)
+    np.testing.assert_allclose(plain["feature_loss"], ((s - t) ** 2).mean(), rtol=1e-5)
+
+
+def test_attention_maps_are_distilled_with_the_mask(batches):
+    x, y, x_pad, y_pad, _ = batches
+    match = kd.FeatureMatch(("t_mha", 1), ("s_mha", 1), loss="attention_map")
+    d = _distiller("keras_mask", features=[match], attention=True)
+    plain = _logs(d, x, y)
+    padded = _logs(d, x_pad, y_pad)
+    for key in ("feature_loss", "distillation_loss"):
+        np.testing.assert_allclose(
+            padded[key], plain[key], rtol=1e-5, atol=1e-6, err_msg=key
+        )
+    assert plain["feature_loss"] > 0
+
+
+def test_per_token_weights_with_a_per_example_loss_are_refused(batches):
+    _, _, x_pad, y_pad, weights = batches
+    d = _distiller(
+        "sample_weight",
+        features=[kd.FeatureMatch("t_hidden", "s_hidden", loss="relational")],
+    )
+    with pytest.raises(ValueError, match="per-token sample weights"):
+        _logs(d, x_pad, y_pad, weights)
+
+
+def test_training_on_padded_batches_equals_unpadded(batches):
+    x, y, x_pad, y_pad, weights = batches
+    results = []
+    for inputs, labels, w in ((x, y, None), (x_pad, y_pad, weights)):
+        keras.utils.set_random_seed(0)
+        d = _distiller(
+            "sample_weight", features=[kd.FeatureMatch("t_hidden", "s_hidden")]
+        )
+        d.fit(inputs, labels, sample_weight=w, batch_size=4, epochs=3, verbose=0)
+        results.append(d.student.get_weights() + d.adapters[0].get_weights())
+    for a, b in zip(*results, strict=True):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
