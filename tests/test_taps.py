@@ -484,3 +484,63 @@ def test_the_readme_feature_snippet_runs():
     x = rng.random((16, 28, 28, 1)).astype("float32")
     history = distiller.fit(x, rng.integers(0, 10, 16), epochs=1, verbose=0)
     assert history.history["feature_loss"][0] > 0
+
+
+# ----------------------------------------------------------------------
+# layer_map: which teacher layer each student layer learns from
+# ----------------------------------------------------------------------
+
+
+def _blocks(count, name):
+    """Block j outputs the constant j + 1 (zero kernel, bias j + 1)."""
+    inputs = keras.Input((4,))
+    h = inputs
+    for j in range(count):
+        h = keras.layers.Dense(
+            3,
+            kernel_initializer="zeros",
+            bias_initializer=keras.initializers.Constant(j + 1.0),
+            name=f"{name}_block{j}",
+        )(h)
+    return keras.Model(inputs, keras.layers.Dense(2)(h), name=name)
+
+
+@pytest.mark.parametrize(
+    "mapping, expected",
+    [
+        ("uniform", {0: 1, 1: 3, 2: 5, 3: 7}),
+        (lambda i: 2 * i, {0: 0, 1: 2, 2: 4, 3: 6}),
+        ({0: 7, 2: 0}, {0: 7, 2: 0}),
+    ],
+)
+def test_layer_map_pairs_the_right_layers(mapping, expected):
+    teacher, student = _blocks(8, "t"), _blocks(4, "s")
+    matches = taps.layer_map(
+        [f"t_block{j}" for j in range(8)],
+        [f"s_block{i}" for i in range(4)],
+        mapping=mapping,
+        loss=lambda t, s: tf.reduce_mean(t, -1) * 100.0 + tf.reduce_mean(s, -1),
+        projection=None,
+    )
+    x = np.zeros((2, 4), "float32")
+    seen = {}
+    for match in matches:  # record, through a Distiller, what each term read
+        d = kd.Distiller(teacher, student, features=[match])
+        d.compile("sgd", SCE, alpha=0.0)
+        value = d.evaluate(x, np.zeros(2), verbose=0, return_dict=True)["feature_loss"]
+        teacher_block, student_block = divmod(round(value), 100)
+        seen[student_block - 1] = teacher_block - 1
+    assert seen == expected
+
+
+def test_layer_map_errors():
+    names = ["a", "b"]
+    with pytest.raises(ValueError, match="pairs teacher layer 5"):
+        taps.layer_map(names, names, mapping={0: 5})
+    with pytest.raises(ValueError, match="mapping"):
+        taps.layer_map(names, names, mapping="skip")
+    with pytest.raises(TypeError, match="teacher_layers"):
+        taps.layer_map("a", names)
+    with pytest.raises(TypeError, match="mapping"):
+        taps.layer_map(names, names, mapping=3)
+    assert taps.uniform_map(3, 12) == {0: 3, 1: 7, 2: 11}

@@ -22,6 +22,7 @@ student and live in `Distiller.adapters`: they are never part of
 """
 
 from keras_kd.taps.features import Features, align_spatial, make_adapter, plan_match
+from keras_kd.taps.layer_map import layer_map, uniform_map
 from keras_kd.taps.match import FeatureMatch
 from keras_kd.taps.views import (
     build_view,
@@ -37,7 +38,9 @@ __all__ = [
     "build_view",
     "check_graph_model",
     "feature_shape",
+    "layer_map",
     "layer_path",
     "make_adapter",
     "plan_match",
+    "uniform_map",
 ]
