@@ -317,8 +317,9 @@ def per_token_mean(sample_weight, outputs=None):
     position contributes exactly nothing and a batch with padding gives the
     loss of its real tokens alone. Under `tf.distribute` each replica
     averages over its own real tokens. Weights of one value per example
-    (rank 1) are returned unchanged, and so are all weights when an output
-    carries a Keras mask (Keras then rescales by the mask itself).
+    (rank 1) are returned unchanged. When an output carries a Keras mask
+    (which Keras multiplies in and rescales by its own count), the result is
+    still `sum(w * m * loss) / sum(w * m)`.
 
     Args:
         sample_weight: None, or sample weights (a structure, one per output).
@@ -328,6 +329,8 @@ def per_token_mean(sample_weight, outputs=None):
         The weights, those of rank >= 2 rescaled, in float32.
     """
 
+    mask = keras_mask(outputs)
+
     def rescale(weights):
         if weights is None:
             return None
@@ -335,14 +338,17 @@ def per_token_mean(sample_weight, outputs=None):
         if weights.shape.rank is None or weights.shape.rank < 2:
             return weights
         weights = tf.cast(weights, tf.float32)
-        total = tf.reduce_sum(weights)
-        size = tf.cast(tf.size(weights), tf.float32)
-        return tf.math.divide_no_nan(weights * size, total)
+        if mask is None:
+            total = tf.reduce_sum(weights)
+            scale = tf.cast(tf.size(weights), tf.float32)
+        else:  # Keras multiplies by the mask and rescales by its own count
+            real = tf.cast(tf.reshape(mask, tf.shape(weights)), tf.float32)
+            total = tf.reduce_sum(weights * real)
+            scale = tf.reduce_sum(real)
+        return tf.math.divide_no_nan(weights * scale, total)
 
     if sample_weight is None:
         return None
-    if keras_mask(outputs) is not None:
-        return sample_weight
     return tf.nest.map_structure(rescale, sample_weight)
 
 

@@ -223,6 +223,42 @@ def forward(teachers, views, x, feature_count):
     return outputs, (features if feature_count else None)
 
 
+def check_mask_token_id(value):
+    """`mask_token_id`: None or a token id (an int >= 0)."""
+    if value is None:
+        return None
+    return _utils.check_int(value, "mask_token_id", 0, "the [MASK] token's id")
+
+
+def masked_positions(tokens, mask_token_id, sample_weight):
+    """Per-token weights of the positions holding `mask_token_id` (MLM).
+
+    Args:
+        tokens: the student's input token ids, `(batch, time)`.
+        mask_token_id: the id of the mask token.
+        sample_weight: None, or weights per example or per token; they
+            multiply the positions.
+
+    Returns:
+        float32 weights of shape `(batch, time)`.
+    """
+    tokens = tf.convert_to_tensor(tokens)
+    if tokens.shape.rank != 2 or not tokens.dtype.is_integer:
+        raise ValueError(
+            "Argument `mask_token_id` restricts distillation to the positions "
+            "of the mask token in the student's inputs, which must be integer "
+            f"token ids of shape (batch, time). Received inputs of shape "
+            f"{tuple(tokens.shape)} and dtype {tokens.dtype.name}."
+        )
+    positions = tf.cast(tf.equal(tokens, mask_token_id), tf.float32)
+    if sample_weight is None:
+        return positions
+    weights = tf.cast(tf.nest.flatten(sample_weight)[0], tf.float32)
+    if weights.shape.rank == 1:
+        weights = weights[:, None]
+    return positions * weights
+
+
 def check_routing(teacher_inputs, student_inputs, augmentation, mixup):
     """`(teacher_inputs, student_inputs)` checked; refused with augmentation."""
     keys = (
@@ -259,7 +295,9 @@ def check_features(features):
     return list(features)
 
 
-def refuse_online(trains_teacher, teachers, features, keys, class_indices):
+def refuse_online(
+    trains_teacher, teachers, features, keys, class_indices, mask_token_id=None
+):
     """Online distillation takes one teacher and none of the options here."""
     if not trains_teacher:
         return
@@ -270,6 +308,7 @@ def refuse_online(trains_teacher, teachers, features, keys, class_indices):
             ("features", bool(features)),
             ("teacher_inputs / student_inputs", any(k is not None for k in keys)),
             ("class_indices", class_indices is not None),
+            ("mask_token_id", mask_token_id is not None),
         )
         if value
     ]
@@ -286,7 +325,13 @@ def routing_config(distiller) -> dict:
     config = {}
     if distiller._features is not None:
         config["features"] = distiller._features.resolved_matches()
-    for key in ("teacher_weights", "teacher_inputs", "student_inputs", "class_indices"):
+    for key in (
+        "teacher_weights",
+        "teacher_inputs",
+        "student_inputs",
+        "class_indices",
+        "mask_token_id",
+    ):
         value = getattr(distiller, f"_{key}")
         if value is not None:
             config[key] = value

@@ -103,6 +103,11 @@ class Distiller(DistillerSteps, keras.Model):
         class_indices: the teacher classes the student's outputs stand for,
             in order (a student with fewer classes): the teacher's
             distribution is restricted to them and renormalised.
+        mask_token_id: for masked language models: the distillation and
+            feature terms cover only the positions where the student's input
+            token is this id (the hard loss keeps the batch's sample weights).
+            Without it, they cover every token the sample weights (or a
+            Keras mask) leave in; either way, averaged over those tokens.
         **kwargs: passed to `keras.Model`.
 
     Example:
@@ -149,6 +154,7 @@ class Distiller(DistillerSteps, keras.Model):
         teacher_inputs=None,
         student_inputs=None,
         class_indices=None,
+        mask_token_id=None,
         **kwargs,
     ):
         backend.check_tensorflow_backend("Distiller")
@@ -183,7 +189,7 @@ class Distiller(DistillerSteps, keras.Model):
         )
         features = _teaching.check_features(features)
         _teaching.refuse_online(
-            self.train_teacher, teachers, features, keys, class_indices
+            self.train_teacher, teachers, features, keys, class_indices, mask_token_id
         )
         super().__init__(name=name, **kwargs)
         self.teacher = teacher
@@ -195,6 +201,7 @@ class Distiller(DistillerSteps, keras.Model):
         self._teacher_weights = teacher_weights
         self._teacher_inputs, self._student_inputs = keys
         self._class_indices = class_indices
+        self._mask_token_id = _teaching.check_mask_token_id(mask_token_id)
         for model in teachers:
             if not self.train_teacher:
                 model.trainable = False

@@ -163,6 +163,12 @@ class DistillerSteps:
         per_token_mean`), not over the padded length.
         """
         teacher_output, feature_loss = None, None
+        taught = sample_weight  # the weights of the distillation and feature terms
+        if self._mask_token_id is not None:  # MLM: the masked positions only
+            tokens = _teaching.route(x, self._student_inputs, "student_inputs")
+            taught = _teaching.masked_positions(
+                tokens, self._mask_token_id, sample_weight
+            )
         if teaching is not None:
             outputs, teacher_features = teaching
             teacher_output = self._soft_targets(outputs, y_pred)
@@ -170,10 +176,11 @@ class DistillerSteps:
                 feature_loss = self._features.term(
                     teacher_features,
                     features,
-                    sample_weight,
+                    taught,
                     _distillation.keras_mask(y_pred),
                 )
         sample_weight = _distillation.per_token_mean(sample_weight, y_pred)
+        taught = _distillation.per_token_mean(taught, y_pred)
         rows = _distillation.labelled_rows(y_pred, labelled)
         if mix is None or y is None:
             hard = self.compute_hard_loss(y, rows, sample_weight)
@@ -194,7 +201,7 @@ class DistillerSteps:
                 self._output_names(),
             )
         return self.compute_total_loss(
-            x, labels, y_pred, teacher_output, sample_weight, hard, feature_loss
+            x, labels, y_pred, teacher_output, taught, hard, feature_loss
         )
 
     def _teacher_forward(self, x):
