@@ -160,7 +160,8 @@ def is_graph_model(model) -> bool:
     return (
         isinstance(model, keras.Sequential)
         or bool(getattr(model, "_is_graph_network", False))
-        or type(model).__name__ == "Functional"
+        # Functional itself, or a subclass of it (KerasHub's task models)
+        or any(cls.__name__ == "Functional" for cls in type(model).__mro__)
     )
 
 

@@ -26,6 +26,8 @@ def layer_path(model, spec, argument: str) -> tuple:
         path = tuple(spec.split("/"))
         current = model
         for depth, name in enumerate(path):
+            if depth and not isinstance(current, keras.Model):
+                _refuse_inner_layer(current, path, depth, argument, spec)
             names = [layer.name for layer in getattr(current, "layers", [])]
             if name not in names:
                 where = "/".join(path[:depth]) or repr(model.name)
@@ -54,6 +56,24 @@ def layer_path(model, spec, argument: str) -> tuple:
             f"of the model {model.name!r} (nor of a model nested in it)."
         )
     return path
+
+
+def _refuse_inner_layer(layer, path, depth, argument, spec):
+    """A path into a layer that is not a model (e.g. the attention inside a
+    KerasHub `TransformerDecoder`): its sublayers have no output of their own
+    in the model's graph, so reading one would mean running the layer again."""
+    raise ValueError(
+        f"Argument `{argument}`={spec!r}: {'/'.join(path[:depth])!r} is a layer "
+        f"({type(layer).__name__}), not a model, so what runs inside it (here "
+        f"{'/'.join(path[depth:])!r}) has no output of its own in the model's "
+        "graph; reading it would mean running the layer a second time, which "
+        "keras-kd does not do (one forward pass per model). Tap the layer's own "
+        f"output ({'/'.join(path[:depth])!r}: e.g. a transformer block's hidden "
+        "states) or, for attention maps, build the blocks from "
+        "`keras.layers.MultiHeadAttention` called with "
+        "`return_attention_scores=True` and tap `(its name, 1)` "
+        "(examples/language_model_distillation.py does)."
+    )
 
 
 def _layer_output(layer, index, argument: str, path):
