@@ -281,9 +281,17 @@ def distillation_term(
         _check_pair_shapes(targets[i], predictions[i], i)
         backend.allow_batch_mean_under_strategy(fn)
         extra = {"labels": labels[i]} if getattr(fn, "requires_labels", False) else {}
+        # New tensors, without Keras masks: the weights say which tokens count
+        # (`token_weights`), so that Keras does not mask a second time.
         value = fn(
-            _as_logits(targets[i], target_probs[i], fn, "teacher_from_logits"),
-            _as_logits(predictions[i], prediction_probs[i], fn, "student_from_logits"),
+            tf.identity(
+                _as_logits(targets[i], target_probs[i], fn, "teacher_from_logits")
+            ),
+            tf.identity(
+                _as_logits(
+                    predictions[i], prediction_probs[i], fn, "student_from_logits"
+                )
+            ),
             sample_weight=weights[i],
             **extra,
         )
@@ -304,6 +312,19 @@ def keras_mask(outputs):
         if mask is not None:
             return mask
     return None
+
+
+def token_weights(sample_weight, outputs):
+    """The weights of the distillation terms of a batch of sequences.
+
+    A Keras mask on `outputs` is folded into the sample weights (one weight
+    per token), then `per_token_mean` rescales per-token weights for a mean
+    over the real tokens. `distillation_term` strips Keras masks from the
+    tensors it compares, so these weights alone say which tokens count, for
+    every loss alike (including batch-level ones such as `DIST`).
+    """
+    weights = _utils.with_token_mask(sample_weight, keras_mask(outputs))
+    return per_token_mean(weights)
 
 
 def per_token_mean(sample_weight, outputs=None):

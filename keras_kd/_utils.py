@@ -165,6 +165,29 @@ def is_graph_model(model) -> bool:
     )
 
 
+def with_token_mask(sample_weight, token_mask):
+    """Per-token weights from a Keras mask (`mask_zero=True` upstream).
+
+    Args:
+        sample_weight: None, or weights per example or per token.
+        token_mask: the `(batch, time)` Keras mask, or None.
+
+    Returns:
+        `sample_weight` unchanged without a mask or when it already holds
+        per-token weights; else the mask in float32, times the per-example
+        weights when there are some.
+    """
+    if token_mask is None:
+        return sample_weight
+    flat = tf.nest.flatten(sample_weight) if sample_weight is not None else []
+    if len(flat) > 1 or (flat and flat[0].shape.rank != 1):
+        return sample_weight  # per-token weights given: they rule
+    mask = tf.cast(token_mask, tf.float32)
+    if flat:
+        mask = mask * tf.reshape(tf.cast(flat[0], tf.float32), [-1, 1])
+    return mask
+
+
 # ---------------------------------------------------------------------------
 # Files
 # ---------------------------------------------------------------------------

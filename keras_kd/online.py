@@ -127,8 +127,17 @@ class OnlineDistiller(Distiller):
             teacher_output = self.teacher(x, training=True)
             y_pred = self.student(x, training=True)
             frozen_teacher = tf.nest.map_structure(tf.stop_gradient, teacher_output)
+            # Sequences: padded tokens count for nothing, means over real tokens.
+            hard = self.compute_hard_loss(
+                y, y_pred, _distillation.per_token_mean(sample_weight, y_pred)
+            )
             student_loss = self.compute_total_loss(
-                x, y, y_pred, frozen_teacher, sample_weight
+                x,
+                y,
+                y_pred,
+                frozen_teacher,
+                _distillation.token_weights(sample_weight, y_pred),
+                hard_loss=hard,
             )
             teacher_loss = self.compute_teacher_loss(
                 x, y, teacher_output, y_pred, sample_weight
@@ -150,13 +159,17 @@ class OnlineDistiller(Distiller):
         Returns:
             A float32 scalar, scaled per replica under `tf.distribute`.
         """
-        loss = self.compute_hard_loss(y, teacher_output, sample_weight)
+        loss = self.compute_hard_loss(
+            y,
+            teacher_output,
+            _distillation.per_token_mean(sample_weight, teacher_output),
+        )
         if self.teacher_alpha > 0.0:
             frozen_student = tf.nest.map_structure(tf.stop_gradient, y_pred)
             towards_student = self.compute_distillation_loss(
                 teacher_output,
                 frozen_student,
-                sample_weight,
+                _distillation.token_weights(sample_weight, teacher_output),
                 reverse=True,
                 labels=y,
             )
@@ -385,10 +398,15 @@ class MutualLearning(keras.Model):
         _distillation.refuse_mixed_batch(data, type(self).__name__)
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         outputs = [peer(x, training=training) for peer in self.peers]
-        peer_terms = self._peer_terms(outputs, sample_weight)
+        # Sequences: padded tokens count for nothing, means over real tokens.
+        peer_terms = self._peer_terms(
+            outputs, _distillation.token_weights(sample_weight, outputs[0])
+        )
         losses = []
         for i, out in enumerate(outputs):
-            hard = self._hard_loss(y, out, sample_weight=sample_weight)
+            hard = self._hard_loss(
+                y, out, sample_weight=_distillation.per_token_mean(sample_weight, out)
+            )
             hard = tf.cast(hard, tf.float32)
             if backend.LEGACY:  # Keras 3 losses scale per replica themselves
                 hard = hard / float(backend.num_replicas())

@@ -233,3 +233,83 @@ def test_mask_token_id_errors(data):
         d.fit(x, y, verbose=0)
     with pytest.raises(ValueError, match="Online distillation"):
         kd.Distiller(make_mlp(8), make_mlp(4), train_teacher=True, mask_token_id=3)
+
+
+@pytest.mark.parametrize(
+    "loss",
+    [
+        kd.losses.KLDivergence(2.0),
+        kd.losses.KLDivergence(2.0, standardize=True),
+        kd.losses.SoftTargetCrossEntropy(2.0),
+        kd.losses.DIST(),
+        kd.losses.DecoupledKD(temperature=2.0),
+    ],
+    ids=["kl", "standardized", "soft_ce", "dist", "dkd"],
+)
+@pytest.mark.parametrize("kind", ["keras_mask", "sample_weight"])
+def test_every_response_loss_ignores_padding(batches, kind, loss):
+    x, y, x_pad, y_pad, weights = batches
+    mask_zero = kind == "keras_mask"
+    d = kd.Distiller(token_lm(8, "t", mask_zero), token_lm(4, "s", mask_zero))
+    d.compile("sgd", SCE, distillation_loss=loss, alpha=0.5)
+    plain = _logs(d, x, y)
+    padded = _logs(d, x_pad, y_pad, None if mask_zero else weights)
+    np.testing.assert_allclose(
+        padded["distillation_loss"], plain["distillation_loss"], rtol=1e-5, atol=1e-6
+    )
+
+
+def _build_online(kind, mask_zero):
+    keras.utils.set_random_seed(0)
+    t, s = token_lm(8, "t", mask_zero), token_lm(4, "s", mask_zero)
+    if kind == "mutual":
+        model = kd.MutualLearning([t, s])
+        model.compile("sgd", SCE, temperature=2.0, alpha=0.5)
+    else:
+        model = kd.OnlineDistiller(teacher=t, student=s, teacher_alpha=0.3)
+        model.compile("sgd", SCE, alpha=0.5)
+    return model
+
+
+@pytest.mark.parametrize("kind", ["online", "mutual"])
+@pytest.mark.parametrize("padding", ["keras_mask", "sample_weight"])
+def test_online_and_mutual_learning_ignore_padding(batches, kind, padding):
+    x, y, x_pad, y_pad, weights = batches
+    mask_zero = padding == "keras_mask"
+    w = None if mask_zero else weights
+    plain = _logs(_build_online(kind, mask_zero), x, y)
+    padded = _logs(_build_online(kind, mask_zero), x_pad, y_pad, w)
+    assert set(plain) == set(padded)
+    for key in plain:
+        np.testing.assert_allclose(
+            padded[key], plain[key], rtol=1e-5, atol=1e-6, err_msg=key
+        )
+
+
+def test_self_distillation_generations_on_padded_sequences(batches):
+    x, y, x_pad, y_pad, weights = batches
+    results = []
+    for inputs, labels, w in ((x, y, None), (x_pad, y_pad, weights)):
+        keras.utils.set_random_seed(0)
+        d = kd.Distiller(None, token_lm(4, "s", False))
+        d.compile("sgd", SCE)
+        history = d.fit(
+            inputs,
+            labels,
+            sample_weight=w,
+            epochs=4,
+            batch_size=4,
+            verbose=0,
+            callbacks=[
+                kd.callbacks.SelfDistillation(
+                    generations=2, epochs_per_generation=2, seed=0, verbose=0
+                )
+            ],
+        )
+        results.append((history.history, d.student.get_weights()))
+    (h_plain, w_plain), (h_pad, w_pad) = results
+    assert h_pad["distillation_loss"][2] > 0  # generation 2 learns from 1
+    for key in ("loss", "hard_loss", "distillation_loss"):
+        np.testing.assert_allclose(h_pad[key], h_plain[key], rtol=1e-4, atol=1e-6)
+    for a, b in zip(w_plain, w_pad, strict=True):
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6)

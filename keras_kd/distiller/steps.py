@@ -169,18 +169,14 @@ class DistillerSteps:
             taught = _teaching.masked_positions(
                 tokens, self._mask_token_id, sample_weight
             )
+        taught = _utils.with_token_mask(taught, _distillation.keras_mask(y_pred))
         if teaching is not None:
             outputs, teacher_features = teaching
             teacher_output = self._soft_targets(outputs, y_pred)
             if self._features is not None:
-                feature_loss = self._features.term(
-                    teacher_features,
-                    features,
-                    taught,
-                    _distillation.keras_mask(y_pred),
-                )
+                feature_loss = self._features.term(teacher_features, features, taught)
         sample_weight = _distillation.per_token_mean(sample_weight, y_pred)
-        taught = _distillation.per_token_mean(taught, y_pred)
+        taught = _distillation.per_token_mean(taught)
         rows = _distillation.labelled_rows(y_pred, labelled)
         if mix is None or y is None:
             hard = self.compute_hard_loss(y, rows, sample_weight)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numbers
 
-from keras_kd import backend
+from keras_kd import _utils, backend
 from keras_kd.backend import keras, tf
 from keras_kd.taps.views import build_view, feature_shape, layer_path
 
@@ -221,11 +221,11 @@ class Features:
                 outputs (`mask_zero=True`), or None: padded tokens then
                 weigh nothing, as with a padding mask.
         """
-        sample_weight = _with_token_mask(sample_weight, token_mask)
+        sample_weight = _utils.with_token_mask(sample_weight, token_mask)
         terms = []
         for position, match in enumerate(self.matches):
             # New tensors (no Keras mask attached: the weights say which
-            # tokens count, see `_with_token_mask`).
+            # tokens count, see `_utils.with_token_mask`).
             teacher = tf.stop_gradient(tf.cast(teacher_features[position], tf.float32))
             student = tf.identity(tf.cast(student_features[position], tf.float32))
             if getattr(match.loss, "compares_positions", True):
@@ -248,19 +248,6 @@ class Features:
         if not terms:
             return tf.zeros((), tf.float32)
         return tf.add_n(terms)
-
-
-def _with_token_mask(sample_weight, token_mask):
-    """Per-token weights from a Keras mask (times per-example weights)."""
-    if token_mask is None:
-        return sample_weight
-    flat = tf.nest.flatten(sample_weight) if sample_weight is not None else []
-    if len(flat) > 1 or (flat and flat[0].shape.rank != 1):
-        return sample_weight  # per-token weights given: they rule
-    mask = tf.cast(token_mask, tf.float32)
-    if flat:
-        mask = mask * tf.reshape(tf.cast(flat[0], tf.float32), [-1, 1])
-    return mask
 
 
 def _per_token(match, position, teacher, student, sample_weight):
