@@ -313,3 +313,24 @@ def test_self_distillation_generations_on_padded_sequences(batches):
         np.testing.assert_allclose(h_pad[key], h_plain[key], rtol=1e-4, atol=1e-6)
     for a, b in zip(w_plain, w_pad, strict=True):
         np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6)
+
+
+def test_the_readme_language_model_snippet_runs():
+    import os
+
+    readme = open(os.path.join(os.path.dirname(__file__), "..", "README.md")).read()
+    section = readme.split("### Language models", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    code = code.replace("import keras, ", "from keras_kd.backend import keras\nimport ")
+    namespace = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    distiller = namespace["distiller"]
+    assert len(distiller.features) == 4 and len(distiller.adapters) == 2
+    rng = np.random.default_rng(0)
+    x = rng.integers(1, 64, (8, 32))
+    mask = np.ones((8, 32), "float32")
+    mask[:2, 20:] = 0
+    history = distiller.fit(
+        x * mask.astype(int), x, sample_weight=mask, epochs=1, verbose=0
+    )
+    assert history.history["feature_loss"][0] > 0
