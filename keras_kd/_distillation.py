@@ -162,7 +162,9 @@ def _check_pair_shapes(teacher_output, student_output, index) -> None:
                 "The teacher's and the student's outputs cannot be compared: "
                 f"output {index} has shape {tuple(t)} for the teacher and "
                 f"{tuple(s)} for the student. Expected the same shape "
-                "(e.g. the same number of classes)."
+                "(e.g. the same number of classes). To let only feature taps "
+                "teach (e.g. backbones of different widths), compile with "
+                "`distillation_loss=[None]` (no loss on that output)."
             )
 
 

@@ -117,3 +117,34 @@ def test_attention_inside_a_keras_hub_layer_is_refused_with_the_way_that_works()
                 )
             ],
         )
+
+
+def test_backbones_of_different_widths_distil_their_sequence_output():
+    def backbone(layers, width, name):
+        return keras_hub.models.GPT2Backbone(
+            vocabulary_size=VOCAB,
+            num_layers=layers,
+            num_heads=2,
+            hidden_dim=width,
+            intermediate_dim=2 * width,
+            max_sequence_length=LENGTH,
+            name=name,
+        )
+
+    teacher, student = backbone(3, 16, "t"), backbone(1, 8, "s")
+    rng = np.random.default_rng(1)
+    x = {
+        "token_ids": rng.integers(1, VOCAB, (8, LENGTH)),
+        "padding_mask": np.ones((8, LENGTH), "int32"),
+    }
+    d = kd.Distiller(
+        teacher, student, features=[kd.FeatureMatch("layer_norm", "layer_norm")]
+    )
+    d.compile("adam", loss=None, alpha=1.0)
+    with pytest.raises(ValueError, match=r"distillation_loss=\[None\]"):
+        d.fit(x, epochs=1, verbose=0)  # the outputs' widths differ: 16 and 8
+    d.compile("adam", loss=None, alpha=1.0, distillation_loss=[None])
+    history = d.fit(x, epochs=3, batch_size=4, verbose=0)
+    losses = history.history["feature_loss"]
+    assert history.history["distillation_loss"] == [0.0] * 3
+    assert losses[-1] < losses[0]

@@ -181,13 +181,14 @@ class Distiller(DistillerSteps, keras.Model):
             )
         _distillation.check_trainable(student)
         class_indices = _teaching.check_class_indices(class_indices, teachers, student)
-        _teaching.check_teacher_outputs(
-            teachers, student, class_indices, _distillation.check_output_shapes
-        )
+        features = _teaching.check_features(features)
+        if not features:  # with taps, outputs may differ if no loss reads them
+            _teaching.check_teacher_outputs(
+                teachers, student, class_indices, _distillation.check_output_shapes
+            )
         keys = _teaching.check_routing(
             teacher_inputs, student_inputs, augmentation, mixup
         )
-        features = _teaching.check_features(features)
         _teaching.refuse_online(
             self.train_teacher, teachers, features, keys, class_indices, mask_token_id
         )
@@ -477,12 +478,13 @@ class Distiller(DistillerSteps, keras.Model):
             raise ValueError(
                 "The new teacher must not be the student itself; give it a frozen copy."
             )
-        _teaching.check_teacher_outputs(
-            teachers,
-            self.student,
-            self._class_indices,
-            _distillation.check_output_shapes,
-        )
+        if self._features is None:
+            _teaching.check_teacher_outputs(
+                teachers,
+                self.student,
+                self._class_indices,
+                _distillation.check_output_shapes,
+            )
         if self._features is not None and teachers:
             self._features.set_teachers(teachers)
         for model in teachers:
