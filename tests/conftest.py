@@ -278,3 +278,17 @@ def with_options(args, *flags, **options):
         else:
             args += [flag, str(value)]
     return args + list(flags)
+
+
+def readme_snippet(section: str) -> dict:
+    """Runs the first Python block after the README heading `section` in
+    this process's Keras flavour; returns its namespace."""
+    path = os.path.join(os.path.dirname(__file__), "..", "README.md")
+    with open(path, encoding="utf-8") as f:
+        readme = f.read()
+    code = readme.split(section, 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    # the flavour of this process (`import keras` is Keras 3 under tf_keras too)
+    code = code.replace("import keras, ", "from keras_kd.backend import keras\nimport ")
+    namespace = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    return namespace

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import keras_kd as kd
-from conftest import np_log_softmax
+from conftest import np_log_softmax, readme_snippet
 from keras_kd.backend import keras
 
 VOCAB = 9
@@ -316,14 +316,7 @@ def test_self_distillation_generations_on_padded_sequences(batches):
 
 
 def test_the_readme_language_model_snippet_runs():
-    import os
-
-    readme = open(os.path.join(os.path.dirname(__file__), "..", "README.md")).read()
-    section = readme.split("### Language models", 1)[1]
-    code = section.split("```python\n", 1)[1].split("```", 1)[0]
-    code = code.replace("import keras, ", "from keras_kd.backend import keras\nimport ")
-    namespace = {}
-    exec(compile(code, "README.md", "exec"), namespace)
+    namespace = readme_snippet("### Language models")
     distiller = namespace["distiller"]
     assert len(distiller.features) == 4 and len(distiller.adapters) == 2
     rng = np.random.default_rng(0)

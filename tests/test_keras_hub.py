@@ -20,18 +20,23 @@ SCE = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 VOCAB, LENGTH = 40, 12
 
 
-def causal_lm(layers, width, name):
-    backbone = keras_hub.models.GPT2Backbone(
+def backbone(layers, width, name):
+    return keras_hub.models.GPT2Backbone(
         vocabulary_size=VOCAB,
         num_layers=layers,
         num_heads=2,
         hidden_dim=width,
         intermediate_dim=2 * width,
         max_sequence_length=LENGTH,
-        name=f"{name}_backbone",
+        name=name,
     )
+
+
+def causal_lm(layers, width, name):
     return keras_hub.models.GPT2CausalLM(
-        backbone=backbone, preprocessor=None, name=name
+        backbone=backbone(layers, width, f"{name}_backbone"),
+        preprocessor=None,
+        name=name,
     )
 
 
@@ -120,17 +125,6 @@ def test_attention_inside_a_keras_hub_layer_is_refused_with_the_way_that_works()
 
 
 def test_backbones_of_different_widths_distil_their_sequence_output():
-    def backbone(layers, width, name):
-        return keras_hub.models.GPT2Backbone(
-            vocabulary_size=VOCAB,
-            num_layers=layers,
-            num_heads=2,
-            hidden_dim=width,
-            intermediate_dim=2 * width,
-            max_sequence_length=LENGTH,
-            name=name,
-        )
-
     teacher, student = backbone(3, 16, "t"), backbone(1, 8, "s")
     rng = np.random.default_rng(1)
     x = {

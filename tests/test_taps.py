@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import keras_kd as kd
-from conftest import keras3_only, legacy_only, np_kl
+from conftest import keras3_only, legacy_only, np_kl, readme_snippet
 from keras_kd import taps
 from keras_kd.backend import keras, tf
 
@@ -471,13 +471,7 @@ def test_a_new_teacher_whose_widths_need_another_adapter_is_refused():
 
 
 def test_the_readme_feature_snippet_runs():
-    readme = open(os.path.join(os.path.dirname(__file__), "..", "README.md")).read()
-    section = readme.split("### Feature distillation", 1)[1]
-    code = section.split("```python\n", 1)[1].split("```", 1)[0]
-    # the flavour of this process (`import keras` is Keras 3 under tf_keras too)
-    code = code.replace("import keras, ", "from keras_kd.backend import keras\nimport ")
-    namespace = {}
-    exec(compile(code, "README.md", "exec"), namespace)
+    namespace = readme_snippet("### Feature distillation")
     distiller = namespace["distiller"]
     assert [type(a).__name__ for a in distiller.adapters] == ["Conv2D"]
     rng = np.random.default_rng(0)
