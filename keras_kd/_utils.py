@@ -193,6 +193,13 @@ def with_token_mask(sample_weight, token_mask):
 # ---------------------------------------------------------------------------
 
 
+def _umask() -> int:
+    # The umask can only be read by setting it; set it straight back.
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def write_atomically(path, content: bytes | Callable[[str], object]) -> None:
     """Writes `path` in full or not at all.
 
@@ -227,6 +234,9 @@ def write_atomically(path, content: bytes | Callable[[str], object]) -> None:
                 f.write(content)
                 f.flush()
                 os.fsync(f.fileno())
+        # mkstemp creates the file readable by its owner only (0600); give it
+        # the mode of any file this process creates (0666 less the umask).
+        os.chmod(temporary, 0o666 & ~_umask())
         os.replace(temporary, path)
     except BaseException:
         if os.path.exists(temporary):

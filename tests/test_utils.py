@@ -114,6 +114,25 @@ def test_write_atomically_writes_bytes_and_leaves_nothing_else(tmp_path):
     assert os.listdir(path.parent) == ["out.bin"]
 
 
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_write_atomically_gives_the_mode_of_a_plain_open(tmp_path, umask):
+    # mkstemp's files are 0600; the written file must have the mode `open`
+    # gives a new file under the same umask (0644 under 022).
+    previous = os.umask(umask)
+    try:
+        (tmp_path / "plain").write_bytes(b"x")
+        _utils.write_atomically(tmp_path / "atomic", b"x")
+        _utils.write_atomically(
+            tmp_path / "by_function", lambda p: open(p, "wb").close()
+        )
+    finally:
+        os.umask(previous)
+    expected = os.stat(tmp_path / "plain").st_mode & 0o777
+    assert expected == 0o666 & ~umask
+    for name in ("atomic", "by_function"):
+        assert os.stat(tmp_path / name).st_mode & 0o777 == expected, name
+
+
 def test_write_atomically_with_a_writer_function_keeps_the_suffix(tmp_path):
     seen = []
 
