@@ -3,7 +3,9 @@
 `evaluate_tflite` and `predict_tflite` run a file in the LiteRT interpreter
 on data, quantizing inputs and dequantizing outputs of integer models with
 the tensors' scale and zero point; `read_metadata` reads back the entries
-given to `to_tflite(metadata=...)`.
+given to `to_tflite(metadata=...)`. `TFLiteRunner` keeps one interpreter on
+a file open for many calls (`run(arrays)`, `latency_ms(arrays, runs)`), as
+`kd.report.compare` uses it.
 """
 
 from __future__ import annotations
@@ -15,6 +17,9 @@ from keras_kd._utils import check_int
 from keras_kd.export._checks import check_existing_file, check_num_threads
 from keras_kd.export._convert import metadata_entries
 from keras_kd.export._runner import BATCH_SIZE, Runner
+
+# Public for other packages (kd.report): one interpreter on a file, kept open.
+TFLiteRunner = Runner
 
 
 def _top1(outputs, what):
