@@ -10,6 +10,7 @@ import pytest
 
 from conftest import run_litert
 from keras_kd import cli, data
+from keras_kd.cli import demo as demo_cli
 
 
 @pytest.fixture(scope="module")
@@ -132,23 +133,26 @@ def test_demo_prints_the_data_and_a_row_per_model(demo):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["demo", "--alpha", "1.5"], "--alpha must be between 0 and 1"),
-        (["demo", "--temperature", "0"], "--temperature must be greater than 0"),
+        (["demo", "--alpha", "1.5"], "expected a number between 0 and 1, got 1.5"),
+        (["demo", "--temperature", "0"], "expected a number greater than 0, got 0"),
         (["demo", "--epochs", "0"], "expected a positive integer"),
         (["demo", "--labels", "0"], "expected a positive integer"),
         (
             ["demo", "--labels", "some"],
             "expected a positive integer or 'all', got some",
         ),
-        (["demo", "--unlabelled-fraction", "1"], "--unlabelled-fraction must be"),
-        (["demo", "--teacher-jitter", "-1"], "--teacher-jitter must be 0 or more"),
+        (["demo", "--unlabelled-fraction", "1"], "strictly between 0 and 1, got 1"),
+        (["demo", "--teacher-jitter", "-1"], "expected 0 or more, got -1"),
+        (["demo", "--verbose", "3"], "argument --verbose: invalid choice: 3"),
+        (["demo", "--labels", "5000"], "--labels 5000: more than the 1347"),
     ],
 )
 def test_demo_rejects_bad_arguments(argv, message, capsys):
     with pytest.raises(SystemExit) as excinfo:
         cli.main(argv)
     assert excinfo.value.code == 2
-    assert message in capsys.readouterr().err
+    (line,) = capsys.readouterr().err.splitlines()  # one line, no usage block
+    assert line.startswith("keras-kd demo: error: ") and message in line
 
 
 def test_console_script_is_installed():
@@ -165,7 +169,7 @@ def test_console_script_is_installed():
 
 def test_demo_validation_reports_on_held_out_training_images_not_the_test_set():
     args = cli._build_parser().parse_args(["demo", "--validation"])
-    x_tr, y_tr, x_eval, y_eval, _, source = cli._load(args)
+    x_tr, y_tr, x_eval, y_eval, _, source = demo_cli._load(args)
     (x_train, y_train), (x_test, _) = data.load_digits(seed=0)
     np.testing.assert_array_equal(x_eval, x_train[-300:])
     np.testing.assert_array_equal(y_eval, y_train[-300:])
@@ -175,3 +179,45 @@ def test_demo_validation_reports_on_held_out_training_images_not_the_test_set():
     flat_test = {row.tobytes() for row in x_test}
     assert not any(row.tobytes() in flat_test for row in x_eval)
     assert "validation split" in source
+
+
+def test_demo_writes_the_report_of_what_it_trained(demo):
+    result, out_dir, out = demo
+    rows = {r["model"]: r for r in result["rows"]}
+    figures = result["report"].to_dict()["models"]
+    for name, label in (
+        ("teacher", "teacher (CNN)"),
+        ("student", "student, distilled"),
+        ("baseline", "student, from scratch"),
+        ("tflite", "distilled, .tflite int8"),
+    ):
+        assert figures[name]["accuracy"] == pytest.approx(rows[label]["accuracy"])
+    for name in ("report.json", "report.md", "report.html", "reliability.png"):
+        assert (out_dir / name).stat().st_size > 0, name
+    assert out.splitlines()[-1].startswith(f"Report files in {out_dir}: report.json")
+
+
+def test_demo_default_output_is_short(tmp_path):
+    # Default verbosity and the default 3 student seeds (one line each); only
+    # the epochs are cut, which changes no line count.
+    # The installed `keras-kd` script (pip install -e . puts it next to
+    # python), as a user runs it.
+    command = os.path.join(os.path.dirname(sys.executable), "keras-kd")
+    assert os.path.isfile(command), f"{command} is missing: pip install -e ."
+    result = subprocess.run(
+        [command, "demo", "--teacher-epochs", "1", "--epochs", "1",
+         "--out-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.splitlines() + result.stderr.splitlines()
+    assert len(lines) <= 30, "\n".join(lines)
+    # TensorFlow's C++ start-up lines are kept out (keras_kd/__init__.py).
+    assert "absl::InitializeLog" not in result.stderr
+    assert "oneDNN" not in result.stderr
+    assert "Epoch 1/1" not in result.stdout  # no progress bars by default
+    assert "XNNPACK" not in result.stderr  # the interpreter's native log line
+    assert "Traceback" not in result.stderr
+    assert sum(line.startswith("  student seed") for line in lines) == 3

@@ -1,4 +1,4 @@
-"""The `keras-kd` command line.
+"""`keras-kd demo`: distillation on real data, offline, in a few lines.
 
     keras-kd demo                       # offline, scikit-learn's digits
     keras-kd demo --dataset mnist --data-dir ../shared/datasets/tfds
@@ -9,23 +9,34 @@ then the same small student, from the same initial weights, for several
 seeds: from scratch on the labelled images, and distilled from the teacher
 on the labelled and unlabelled images with `compile`'s default recipe. It
 exports the first distilled student to float32 and int8 `.tflite` files
-(verified in the LiteRT interpreter), and prints a table of parameters, file
+(verified in the LiteRT interpreter), prints a table of parameters, file
 size, test accuracy, agreement with the teacher and latency, then how many
-student seeds distillation won and by how much. `--labels all` trains both
-students on every label (no transfer set). On a larger data set, bound the
-run with `--max-train` (an epoch of distillation is one pass over the
-transfer set).
+student seeds distillation won and by how much, and writes the report of
+`kd.report.compare` (teacher, distilled student, its int8 `.tflite` file,
+and the student from scratch as the baseline) beside the `.tflite` files.
+`--labels all` trains both students on every label (no transfer set). On a
+larger data set, bound the run with `--max-train` (an epoch of distillation
+is one pass over the transfer set).
+
+It is quiet by default: one line per stage and per student seed, no Keras
+progress bars (`--verbose` shows them), TensorFlow's native log lines kept
+out of the terminal.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from keras_kd.cli._args import (
+    UsageError,
+    add_verbosity,
+    fraction,
+    positive_float,
+    positive_int,
+)
 
 
 def _load(args):
@@ -69,25 +80,29 @@ def run_demo(args) -> dict:
         seed: `seed`, `scratch` and `distilled` test accuracy), `wins` (seeds
         where distilled beat scratch), `mean_gain` (points), `seconds` of
         training, the `dataset`, `labelled` and `unlabelled` counts, the
-        `out_dir` holding the `.tflite` files and the trained Keras `models`
-        of the first seed (`teacher`, `scratch`, `student`).
+        `out_dir` holding the `.tflite` and report files, the trained Keras
+        `models` of the first seed (`teacher`, `scratch`, `student`), the
+        `report` (a `kd.report.Report`) and the `report_files` it wrote.
     """
     import numpy as np
 
     import keras_kd as kd
     from keras_kd import models
     from keras_kd.backend import keras
+    from keras_kd.cli import commands
 
     # Made before training, so that a directory that cannot be made fails fast.
     out_dir = args.out_dir or tempfile.mkdtemp(prefix="keras-kd-demo-")
-    os.makedirs(out_dir, exist_ok=True)
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"--out-dir {out_dir}: cannot be made ({e})") from None
     keras.utils.set_random_seed(args.seed)
     x_tr, y_tr, x_te, y_te, n_classes, source = _load(args)
     labels = len(x_tr) if args.labels == "all" else int(args.labels)
     if labels > len(x_tr):
-        raise SystemExit(
-            f"keras-kd demo: error: --labels {labels} is more than the "
-            f"{len(x_tr)} training images."
+        raise UsageError(
+            f"--labels {labels}: more than the {len(x_tr)} training images"
         )
     x_lab, y_lab, x_unl = x_tr[:labels], y_tr[:labels], x_tr[labels:]
     print(
@@ -101,8 +116,9 @@ def run_demo(args) -> dict:
     start = time.perf_counter()
 
     print(
-        f"\n[1/3] Teacher: CNN, {args.teacher_epochs} epochs on the labelled "
-        f"images, shifted by up to {args.teacher_jitter} pixel(s)"
+        f"[1/4] Teacher: CNN, {args.teacher_epochs} epochs on the labelled "
+        f"images, shifted by up to {args.teacher_jitter} pixel(s)",
+        flush=True,
     )
     inputs = keras.Input(shape)
     x = inputs
@@ -146,9 +162,10 @@ def run_demo(args) -> dict:
         )
     )
     print(
-        f"\n[2/3] Students: MLP({args.student_hidden}), {args.epochs} epochs, "
+        f"[2/4] Students: MLP({args.student_hidden}), {args.epochs} epochs, "
         f"{args.students} seed(s): from scratch on the labelled images, and "
-        f"distilled on labelled + unlabelled images with {recipe}"
+        f"distilled on labelled + unlabelled images with {recipe}",
+        flush=True,
     )
     seeds, first = [], None
     for k in range(args.students):
@@ -180,7 +197,9 @@ def run_demo(args) -> dict:
             metrics=["accuracy"],
             **compile_args,
         )
-        distiller.fit(train, epochs=args.epochs, verbose=verbose, shuffle=False)
+        history = distiller.fit(
+            train, epochs=args.epochs, verbose=verbose, shuffle=False
+        )
         result = {
             "seed": seed,
             "scratch": _accuracy(scratch, x_te, y_te),
@@ -188,13 +207,14 @@ def run_demo(args) -> dict:
         }
         print(
             f"  student seed {seed}: from scratch {result['scratch']:.2%}, "
-            f"distilled {result['distilled']:.2%}"
+            f"distilled {result['distilled']:.2%}",
+            flush=True,
         )
         seeds.append(result)
         if first is None:
-            first = (scratch, student)
+            first = (scratch, student, history)
     seconds = time.perf_counter() - start
-    scratch, student = first
+    scratch, student, history = first
 
     teacher_pred = np.argmax(teacher.predict(x_te, verbose=0), -1)
     rows = []
@@ -213,7 +233,11 @@ def run_demo(args) -> dict:
             )
         )
 
-    print(f"\n[3/3] Exporting the distilled student to LiteRT (.tflite) in {out_dir}")
+    print(
+        f"[3/4] Exporting the distilled student to LiteRT (.tflite) in {out_dir}",
+        flush=True,
+    )
+    files = {}
     for quantization in ("float32", "int8"):
         path = os.path.join(out_dir, f"student_{quantization}.tflite")
         report = kd.export.to_tflite(
@@ -223,7 +247,8 @@ def run_demo(args) -> dict:
             representative_data=x_tr,
             verify_data=x_te,
         )
-        print(f"  {report}")
+        print(f"  {report}", flush=True)
+        files[quantization] = path
         rows.append(
             _row(
                 f"distilled, .tflite {quantization}",
@@ -235,21 +260,36 @@ def run_demo(args) -> dict:
                 latency_ms=report.latency_ms,
             )
         )
+    print(
+        "[4/4] Report: teacher, distilled student, its int8 .tflite file and "
+        "the student from scratch as the baseline",
+        flush=True,
+    )
+    report = kd.report.compare(
+        teacher,
+        student,
+        (x_te, y_te),
+        tflite=files["int8"],
+        baseline=scratch,
+        history=history,
+    )
+    report_files = commands.save_report(report, out_dir)
     gains = [100 * (r["distilled"] - r["scratch"]) for r in seeds]
     wins = sum(g > 0 for g in gains)
     print(
         f"\n{'Validation' if args.validation else 'Test'} set: {len(x_te)} "
         f"images; trained in {seconds:.0f} s. Student "
-        f"rows: seed {seeds[0]['seed']}.\n"
+        f"rows: seed {seeds[0]['seed']}."
     )
     print(_table(rows))
     print(
-        f"\nOver {len(seeds)} student seed(s), the distilled student beat the "
+        f"Over {len(seeds)} student seed(s), the distilled student beat the "
         f"one trained from scratch in {wins} of {len(seeds)}, by "
         f"{np.mean(gains):+.2f} points of "
         f"{'validation' if args.validation else 'test'} accuracy on average (from "
         f"{min(gains):+.2f} to {max(gains):+.2f})."
     )
+    print(commands.files_line(report_files))
     return {
         "rows": rows,
         "seeds": seeds,
@@ -261,6 +301,8 @@ def run_demo(args) -> dict:
         "unlabelled": len(x_unl),
         "out_dir": out_dir,
         "models": {"teacher": teacher, "scratch": scratch, "student": student},
+        "report": report,
+        "report_files": report_files,
     }
 
 
@@ -300,37 +342,49 @@ def _table(rows) -> str:
     return "\n".join(lines)
 
 
-def _positive_int(text):
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
-    return value
-
-
 def _labels(text):
     if text == "all":
         return text
     try:
-        return _positive_int(text)
-    except ValueError:
+        return positive_int(text)
+    except argparse.ArgumentTypeError:
         raise argparse.ArgumentTypeError(
             f"expected a positive integer or 'all', got {text}"
         ) from None
 
 
-def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="keras-kd",
-        description="Knowledge distillation for Keras on TensorFlow.",
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
+def _open_fraction(text):
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(
+            f"expected a number strictly between 0 and 1, got {text}"
+        )
+    return value
+
+
+def _non_negative_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected 0 or more, got {text}")
+    return value
+
+
+def add_parser(sub) -> None:
+    """Adds the `demo` command to the sub-parsers `sub`."""
     demo = sub.add_parser(
         "demo",
         help="distil a CNN into a small MLP on real data (offline by default)",
         description=(
             "Train a CNN teacher, then the same small student from scratch "
-            "and distilled, and compare them. Offline on scikit-learn's "
-            "handwritten digits by default."
+            "and distilled, compare them, export the student to .tflite and "
+            "write a report. Offline on scikit-learn's handwritten digits by "
+            "default; one line per stage unless --verbose."
         ),
     )
     demo.add_argument(
@@ -349,55 +403,55 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument(
         "--unlabelled-fraction",
-        type=float,
+        type=_open_fraction,
         default=0.75,
         help="share of unlabelled images in each distillation batch (default 0.75)",
     )
-    demo.add_argument("--teacher-epochs", type=_positive_int, default=150)
+    demo.add_argument("--teacher-epochs", type=positive_int, default=150)
     demo.add_argument(
         "--teacher-jitter",
-        type=int,
+        type=_non_negative_int,
         default=1,
         help="largest shift of the teacher's training images, in pixels (default 1)",
     )
-    demo.add_argument("--epochs", type=_positive_int, default=60, help="student epochs")
+    demo.add_argument("--epochs", type=positive_int, default=60, help="student epochs")
     demo.add_argument(
         "--students",
-        type=_positive_int,
+        type=positive_int,
         default=3,
         help="student seeds, each trained from scratch and distilled (default 3)",
     )
-    demo.add_argument("--student-hidden", type=_positive_int, default=32)
+    demo.add_argument("--student-hidden", type=positive_int, default=32)
     demo.add_argument(
         "--temperature",
-        type=float,
+        type=positive_float,
         default=None,
         help="distillation temperature (default: compile's, 1.0)",
     )
     demo.add_argument(
         "--alpha",
-        type=float,
+        type=fraction,
         default=None,
-        help="weight of the distillation term (default: compile's, 0.5)",
+        help="weight of the distillation term, in [0, 1] (default: compile's, 0.5)",
     )
-    demo.add_argument("--learning-rate", type=float, default=1e-2)
-    demo.add_argument("--batch-size", type=_positive_int, default=64)
+    demo.add_argument("--learning-rate", type=positive_float, default=1e-2)
+    demo.add_argument("--batch-size", type=positive_int, default=64)
     demo.add_argument(
         "--max-train",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         help="use at most this many training images",
     )
     demo.add_argument(
         "--max-test",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         help="use at most this many test images",
     )
     demo.add_argument(
         "--out-dir",
         default=None,
-        help="where to write the .tflite files (default: a new "
+        help="where to write the .tflite and report files (default: a new "
         "temporary directory, printed)",
     )
     demo.add_argument("--seed", type=int, default=0)
@@ -407,39 +461,5 @@ def _build_parser() -> argparse.ArgumentParser:
         help="report on 300 images held out of the training set instead of the "
         "test set (for choosing settings)",
     )
-    demo.add_argument(
-        "--verbose",
-        type=int,
-        default=1,
-        choices=[0, 1, 2],
-        help="Keras progress output (default 1: progress bars)",
-    )
-    return parser
-
-
-def main(argv=None) -> int:
-    """Entry point of the `keras-kd` command."""
-    parser = _build_parser()
-    args = parser.parse_args(argv)
-    if args.command == "demo":
-        if args.alpha is not None and not 0.0 <= args.alpha <= 1.0:
-            parser.error(f"--alpha must be between 0 and 1, got {args.alpha}")
-        if not 0.0 < args.unlabelled_fraction < 1.0:
-            parser.error(
-                "--unlabelled-fraction must be strictly between 0 and 1, got "
-                f"{args.unlabelled_fraction}"
-            )
-        if args.teacher_jitter < 0:
-            parser.error(
-                f"--teacher-jitter must be 0 or more, got {args.teacher_jitter}"
-            )
-        if args.temperature is not None and args.temperature <= 0:
-            parser.error(
-                f"--temperature must be greater than 0, got {args.temperature}"
-            )
-        run_demo(args)
-    return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    add_verbosity(demo, 0, "Keras progress output")
+    demo.set_defaults(run=run_demo)
