@@ -8,8 +8,11 @@
 * `AlphaSchedule` and `TemperatureSchedule` (`schedules.py`) change `alpha`
   and the softmax temperature by epoch or by step. The values live in
   variables, so the compiled train function is not retraced.
+* `BackupAndRestore` (`backup_and_restore.py`) is Keras's callback of that
+  name with atomic writes and an exact resume in the middle of an epoch.
 """
 
+from keras_kd.callbacks.backup_and_restore import BackupAndRestore
 from keras_kd.callbacks.schedules import (
     AlphaSchedule,
     TemperatureSchedule,
@@ -20,6 +23,7 @@ from keras_kd.callbacks.self_distillation import SelfDistillation
 
 __all__ = [
     "AlphaSchedule",
+    "BackupAndRestore",
     "SelfDistillation",
     "TemperatureSchedule",
     "cosine",

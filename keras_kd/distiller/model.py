@@ -7,11 +7,14 @@ one, so that code and saved files written for the single class still work.
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 
 from keras_kd import _distillation, _teaching, _utils, augment, backend, taps
 from keras_kd._utils import output_is_probabilities
 from keras_kd.backend import keras, register_serializable, tf
+from keras_kd.distiller import fit_checks
 from keras_kd.distiller.steps import DistillerSteps
 from keras_kd.losses import KLDivergence
 
@@ -327,6 +330,7 @@ class Distiller(DistillerSteps, keras.Model):
         self._distillation_fns = None
         self._alpha.assign(alpha)
         self._has_hard_loss = loss is not None
+        self._hard_loss_spec = loss  # read by `fit`'s check of the labels
         super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
         if getattr(self, "optimizer", None) is not None:
             _distillation.attach_step_counter(
@@ -417,6 +421,28 @@ class Distiller(DistillerSteps, keras.Model):
             and getattr(m, "built", True)
         ]
         return own + rest
+
+    def fit(self, *args, **kwargs):
+        """Trains the student, as `keras.Model.fit` does, after checking the data.
+
+        Takes what `keras.Model.fit` takes. Once, before the first step, the
+        data and the arguments are checked (see
+        `keras_kd.distiller.fit_checks`): `batch_size`, `epochs`,
+        `validation_split` and the step counts; the lengths of `x`, `y` and
+        `sample_weight`; empty data; the inputs' shapes against the student's
+        and the teacher's; non-finite inputs; labels out of range for the
+        student's classes; the teacher's outputs on the first batch; and
+        8-bit images given to models without a Rescaling layer (a warning).
+        Numpy data is checked in full, a `tf.data.Dataset` on its first
+        batch; a generator is not read.
+
+        Raises:
+            TypeError, ValueError: a bad argument or bad data, before
+                training starts.
+        """
+        bound = inspect.signature(super().fit).bind(*args, **kwargs)
+        fit_checks.check_fit(self, bound.arguments)
+        return super().fit(*args, **kwargs)
 
     def train_step(self, data):
         x, y, sample_weight, labelled = _distillation.unpack_batch(data)
