@@ -171,12 +171,13 @@ def run_litert(path, x):
     interpreter.allocate_tensors()
     (detail,) = interpreter.get_input_details()
     (out,) = interpreter.get_output_details()
-    x = np.asarray(x, np.float32)
-    if detail["dtype"] != np.float32:
-        scale, zero_point = detail["quantization"]
+    scale, zero_point = detail["quantization"]
+    if scale:  # a quantized (int8) input: float x quantized by its scale
         info = np.iinfo(detail["dtype"])
+        x = np.asarray(x, np.float32)
         x = np.clip(np.round(x / scale + zero_point), info.min, info.max)
-    interpreter.set_tensor(detail["index"], x.astype(detail["dtype"]))
+    # Else the input's own type (float32 features, int32 token ids).
+    interpreter.set_tensor(detail["index"], np.asarray(x).astype(detail["dtype"]))
     interpreter.invoke()
     y = interpreter.get_tensor(out["index"]).astype(np.float64)
     if out["dtype"] != np.float32:

@@ -2,12 +2,11 @@
 
 import math
 import os
-import warnings
 
 import numpy as np
 import pytest
 
-from conftest import load_example, np_log_softmax, with_options
+from conftest import load_example, np_log_softmax, run_litert, with_options
 
 # 24,000 characters of pydoc_data.topics: 21,600 to train on, 2,400 held
 # out (99 windows of 24). A 2-block teacher of width 32 (4 heads), a 1-block
@@ -48,27 +47,6 @@ def np_perplexity(logits, y):
     log_p = np_log_softmax(logits)
     picked = np.take_along_axis(log_p, y[..., None], axis=-1)
     return math.exp(-picked.mean())
-
-
-def run_tflite(path, x):
-    """The `.tflite` file run on `x` (int32 ids) in one batched invocation."""
-    try:
-        from ai_edge_litert.interpreter import Interpreter
-    except ImportError:  # pragma: no cover - depends on the install
-        import tensorflow as tf
-
-        Interpreter = tf.lite.Interpreter
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        interpreter = Interpreter(model_path=os.fspath(path))
-    (detail,) = interpreter.get_input_details()
-    interpreter.resize_tensor_input(detail["index"], x.shape)
-    interpreter.allocate_tensors()
-    (detail,) = interpreter.get_input_details()
-    (out,) = interpreter.get_output_details()
-    interpreter.set_tensor(detail["index"], x.astype(detail["dtype"]))
-    interpreter.invoke()
-    return interpreter.get_tensor(out["index"]).astype(np.float64), detail
 
 
 @pytest.fixture(scope="module")
@@ -207,7 +185,7 @@ def test_tflite_file_matches_the_keras_student(results, held_out):
     x, _ = held_out
     student = results["per_seed"][0]["models"]["combined"]
     expected = np.asarray(student.predict(x, verbose=0), np.float64)
-    actual, detail = run_tflite(report["path"], x)
+    actual, detail = run_litert(report["path"], x)
     assert detail["dtype"] == np.int32 and tuple(detail["shape"][1:]) == (24,)
     np.testing.assert_allclose(actual, expected, atol=1e-4)
 
