@@ -234,6 +234,13 @@ class MutualLearning(keras.Model):
     any peer can be taken out (`cohort.peers[i]`) and saved as a plain
     Keras model.
 
+    Like a plain model, a cohort trains under `tf.distribute` strategies
+    (built and compiled in `strategy.scope()`, with the global batch size
+    of one device) and under mixed precision: with `mixed_float16`, each
+    peer's optimizer copy is a `LossScaleOptimizer` with its own loss scale,
+    so a step whose gradients overflow in one peer is skipped for that peer
+    alone (its scale halves), as Keras skips it for a single model.
+
     Args:
         peers: a list of two or more `keras.Model`s with the same output
             shape (logits, or probabilities from a final softmax).
@@ -307,7 +314,10 @@ class MutualLearning(keras.Model):
 
         Args:
             optimizer: an optimizer (instance or name); each peer gets its own
-                copy of it.
+                copy of it. Under `mixed_float16` (the cohort's policy or a
+                peer's) it is wrapped in a `LossScaleOptimizer` first, as
+                `keras.Model.compile` wraps it; one given already wrapped (say
+                with another `initial_scale`) is copied as it is.
             loss: the hard-label loss, applied to every peer.
             metrics: metrics, computed for every peer.
             temperature: softmax temperature of the peers' predictions.
@@ -327,15 +337,23 @@ class MutualLearning(keras.Model):
         backend.allow_batch_mean_under_strategy(hard)  # `_step` divides
         self._hard_loss = hard
         self._compile_arguments = {"loss": loss, "metrics": metrics}
-        optimizer = keras.optimizers.get(optimizer)
+        self._peer_metrics = [
+            [_make_metric(m) for m in (metrics or [])] for _ in self.peers
+        ]
+        super().compile(optimizer=keras.optimizers.get(optimizer), **kwargs)
+        # Under mixed_float16 `compile` wraps the optimizer in a loss-scale
+        # optimizer (if the cohort was built under that policy); a peer
+        # computing in float16 needs one too. Each peer's copy then has its
+        # own loss scale, as each peer has its own optimizer state.
+        optimizer = self.optimizer
+        if not isinstance(optimizer, _LOSS_SCALE_OPTIMIZER) and any(
+            _is_mixed_float16(p) for p in self.peers
+        ):
+            optimizer = self.optimizer = _LOSS_SCALE_OPTIMIZER(optimizer)
         self._peer_optimizers = [optimizer] + [
             optimizer.__class__.from_config(optimizer.get_config())
             for _ in self.peers[1:]
         ]
-        self._peer_metrics = [
-            [_make_metric(m) for m in (metrics or [])] for _ in self.peers
-        ]
-        super().compile(optimizer=optimizer, **kwargs)
         if self.built:
             for opt, peer in zip(self._peer_optimizers, self.peers):
                 opt.build(peer.trainable_variables)
@@ -415,15 +433,15 @@ class MutualLearning(keras.Model):
         return x, y, sample_weight, outputs, losses
 
     def train_step(self, data):
-        with tf.GradientTape() as tape:
+        # One tape, one backward pass per peer: a peer's loss reaches only
+        # its own weights (the others' predictions are held constant), so
+        # each optimizer scales, unscales and applies its own gradients.
+        with tf.GradientTape(persistent=True) as tape:
             x, y, sample_weight, outputs, losses = self._step(data, training=True)
             total = tf.add_n(losses)
-        variables = [p.trainable_variables for p in self.peers]
-        gradients = tape.gradient(total, [v for vs in variables for v in vs])
-        start = 0
-        for optimizer, vs in zip(self._peer_optimizers, variables):
-            optimizer.apply_gradients(zip(gradients[start : start + len(vs)], vs))
-            start += len(vs)
+        for optimizer, peer, loss in zip(self._peer_optimizers, self.peers, losses):
+            backend.minimize(optimizer, loss, peer.trainable_variables, tape)
+        del tape
         return self._update(x, y, sample_weight, outputs, losses, total)
 
     def test_step(self, data):
@@ -461,6 +479,18 @@ class MutualLearning(keras.Model):
         config = dict(config)
         peers = [keras.saving.deserialize_keras_object(p) for p in config.pop("peers")]
         return cls(peers=peers, **config)
+
+
+# `keras.mixed_precision.LossScaleOptimizer` in both flavours (tf_keras's
+# picks the implementation that fits the optimizer it wraps).
+_LOSS_SCALE_OPTIMIZER = keras.mixed_precision.LossScaleOptimizer
+
+
+def _is_mixed_float16(model):
+    """Whether `model` runs under the `mixed_float16` policy, the one that
+    `compile` pairs with a loss-scale optimizer."""
+    policy = getattr(model, "dtype_policy", None)
+    return getattr(policy, "name", None) == "mixed_float16"
 
 
 def _broadcast_to_rank(sample_weight, values):
