@@ -191,6 +191,28 @@ def test_a_mistake_exits_2_with_one_line_and_no_traceback(files, tmp_path):
     )
 
 
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        # A missing file, and a bad argument (argparse's own error path).
+        (["report", "--teacher", "{root}/missing.keras", "--student", "{student}",
+          "--data", "{images}", "--out", "{root}/r"],
+         "keras-kd report: error: --teacher {root}/missing.keras: no such file"),
+        (["distill", "--teacher", "{teacher}", "--student", "{student}", "--data",
+          "{images}", "--output", "{root}/s.keras", "--alpha", "1.5"],
+         "keras-kd distill: error: argument --alpha: expected a number between 0 "
+         "and 1, got 1.5"),
+    ],
+)  # fmt: skip
+def test_a_missing_file_or_bad_argument_exits_2_in_a_subprocess(files, argv, words):
+    result = _run(*[a.format(**files) for a in argv])
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert [line for line in lines if "error:" in line] == lines[-1:]
+    assert lines[-1].startswith(words.format(**files))
+
+
 # --- in process ------------------------------------------------------------
 
 
