@@ -3,8 +3,9 @@
 Checks of a distiller's arguments, the pairing of a teacher's outputs with a
 student's, one distillation loss per output, and what a loss may ask the
 distiller for: the batch's labels (`requires_labels = True`) and the
-training step (a `step_counter` attribute), and the reading of a batch
-that mixes labelled and unlabelled examples (`keras_kd.data.MixedBatch`).
+training step (a `step_counter` attribute), the reading of a batch that
+mixes labelled and unlabelled examples (`keras_kd.data.MixedBatch`), and of
+one that carries its teacher's outputs (`keras_kd.data.TeacherBatch`).
 `keras_kd/distiller.py` and `keras_kd/online.py` use them; users import
 nothing from here.
 """
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 from keras_kd import _utils, augment, backend
 from keras_kd.backend import keras, tf
-from keras_kd.data import MixedBatch
+from keras_kd.data import MixedBatch, TeacherBatch
 from keras_kd.losses import as_loss
 
 # ---------------------------------------------------------------------------
@@ -395,17 +396,83 @@ def unpack_batch(data):
         )
         labelled = _utils.batch_size(data.x)
         return x, data.y, None, labelled
+    if isinstance(data, TeacherBatch):  # `()` (or None): absent
+        y = None if _absent(data.y) else data.y
+        weights = None if _absent(data.sample_weight) else data.sample_weight
+        return data.x, y, weights, None
     x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
     return x, y, sample_weight, None
 
 
+def _absent(value) -> bool:
+    return value is None or (isinstance(value, tuple) and not value)
+
+
+def cached_outputs(data):
+    """The stored teacher outputs of a `TeacherBatch` (logits), else None."""
+    return data.teacher_outputs if isinstance(data, TeacherBatch) else None
+
+
 def refuse_mixed_batch(data, owner: str) -> None:
-    """Raises if `data` is a `MixedBatch`, which `owner` cannot train on."""
+    """Raises if `data` is a `MixedBatch` or a `TeacherBatch`, which `owner`
+    cannot train on."""
     if isinstance(data, MixedBatch):
         raise ValueError(
             f"{owner} cannot train on batches of `keras_kd.data.mix` "
             "(labelled and unlabelled examples together): its models learn "
             "from the labels. Use `keras_kd.Distiller` for a transfer set."
+        )
+    if isinstance(data, TeacherBatch):
+        raise ValueError(
+            f"{owner} cannot train on batches of "
+            "`keras_kd.data.with_teacher_outputs`: its models learn during "
+            "training, so outputs stored before it would be stale. Give it "
+            "the data without the stored outputs."
+        )
+
+
+def refuse_cached_teaching(
+    owner, teachers, features, augmentation, mixup, trains_teacher, training
+) -> None:
+    """Raises where a distiller cannot use stored teacher outputs.
+
+    Stored outputs replace one frozen teacher's live outputs on the inputs
+    as stored: not those of a teacher that trains, of several teachers, of
+    an augmented or mixed view (`training` steps only), nor the
+    intermediate features that feature taps read. With `teacher_inputs`
+    routing, the stored outputs are the teacher's on its own entry (`fit`
+    checks the first batch against the teacher on that entry).
+    """
+    reasons = []
+    if trains_teacher:
+        reasons.append("its teacher trains, so stored outputs would be stale")
+    if not teachers:
+        reasons.append(
+            "it has no teacher (give it the teacher the outputs were "
+            "computed with; its forward pass is skipped)"
+        )
+    elif len(teachers) > 1:
+        reasons.append(
+            f"it has {len(teachers)} teachers and the cache holds one "
+            "teacher's outputs (cache an ensemble as one model)"
+        )
+    if features:
+        reasons.append(
+            "its feature taps need the teacher's intermediate features, which "
+            "are not stored (run the teacher live)"
+        )
+    if training and (augmentation is not None or mixup is not None):
+        reasons.append(
+            "its `augmentation` / `mixup` changes the inputs in each step, so "
+            "the stored outputs (of the inputs as stored) would be stale "
+            "targets for the view the student sees (store augmented views "
+            "with `with_teacher_outputs(..., augmentation=..., views=K)` and "
+            "give the Distiller no augmentation)"
+        )
+    if reasons:
+        raise ValueError(
+            f"{owner} cannot use teacher outputs stored by "
+            f"`keras_kd.data.with_teacher_outputs`: {'; '.join(reasons)}."
         )
 
 

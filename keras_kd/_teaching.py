@@ -331,6 +331,7 @@ def routing_config(distiller) -> dict:
         "student_inputs",
         "class_indices",
         "mask_token_id",
+        "teacher_dtype",
     ):
         value = getattr(distiller, f"_{key}")
         if value is not None:

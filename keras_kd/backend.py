@@ -182,15 +182,76 @@ def allow_batch_mean_under_strategy(loss) -> None:
         loss._allow_sum_over_batch_size = True
 
 
+def is_multi_worker(strategy) -> bool:
+    """Whether `strategy` is a `MultiWorkerMirroredStrategy` over 2+ workers.
+
+    Its replicas then outnumber the devices of this process.
+    """
+    return isinstance(
+        strategy, tf.distribute.MultiWorkerMirroredStrategy
+    ) and strategy.num_replicas_in_sync > len(strategy.extended.worker_devices)
+
+
+def multi_worker_step_logs(strategy, logs):
+    """A step's logs in the shape Keras 3 can average across workers.
+
+    Keras 3 averages every output of a train or test step over the workers
+    of a `MultiWorkerMirroredStrategy` with `strategy.reduce("MEAN", value,
+    axis=0)`, which refuses scalars ("Invalid reduction dimension 0 for
+    input with 0 dimensions", tensorflow/tensorflow#72388), whatever
+    `distribute_reduction_method` says. A log of shape `(1,)` averages to
+    the scalar it holds: metric results are the same on every replica.
+    Elsewhere (and in tf_keras, which reduces "first") the logs are
+    returned as they are.
+
+    Args:
+        strategy: the model's `tf.distribute` strategy.
+        logs: the dict of scalars a step returns.
+    """
+    if LEGACY or not is_multi_worker(strategy):
+        return logs
+    return tf.nest.map_structure(lambda value: tf.reshape(value, [1]), logs)
+
+
+def first_local_batch(strategy, iterator):
+    """The first batch of a Keras 3 epoch iterator, this process's share.
+
+    Keras 3 builds a model made under a strategy from one batch first
+    (`Model._maybe_symbolic_build`), averaging the replicas' shares with
+    `strategy.reduce`, which under a multi-worker strategy takes no nest
+    such as `(x, y)`. The first local replica's share has the shapes and
+    dtypes needed.
+
+    Args:
+        strategy: the model's `tf.distribute` strategy.
+        iterator: the `iterator` Keras passes to `_maybe_symbolic_build`.
+    """
+    for _, _, batches in iterator:
+        batch = next(batches)
+        break
+    else:
+        return None
+
+    def local(value):
+        if isinstance(value, tf.distribute.DistributedValues):
+            return strategy.experimental_local_results(value)[0]
+        return value
+
+    return tf.nest.map_structure(local, batch)
+
+
 __all__ = [
     "FLAVOUR",
     "LEGACY",
     "allow_batch_mean_under_strategy",
     "check_tensorflow_backend",
     "compiled_loss",
+    "first_local_batch",
+    "is_multi_worker",
     "is_keras_loss_tracker",
     "keras",
     "minimize",
+    "multi_worker_step_logs",
     "num_replicas",
     "register_serializable",
     "regularization_loss",

@@ -21,6 +21,7 @@ import numpy as np
 
 from keras_kd._utils import check_int, check_number
 from keras_kd.backend import tf
+from keras_kd.cache import TeacherBatch, with_teacher_outputs
 
 
 def load_digits(test_fraction: float = 0.25, seed: int = 0):
@@ -429,6 +430,8 @@ def mix(
 
 __all__ = [
     "MixedBatch",
+    "TeacherBatch",
+    "with_teacher_outputs",
     "mix",
     "load_digits",
     "load_image_classification",

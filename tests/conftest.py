@@ -4,7 +4,12 @@ The flavour is chosen by `TF_USE_LEGACY_KERAS` before TensorFlow is
 imported; CI runs the suite once per flavour.
 """
 
+import json
 import os
+import socket
+import subprocess
+import sys
+import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -293,3 +298,76 @@ def readme_snippet(section: str) -> dict:
     namespace = {}
     exec(compile(code, "README.md", "exec"), namespace)
     return namespace
+
+
+def _free_ports(n):
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def run_workers(tmp_path, script_text, workers=2, timeout=240, args=None):
+    """Runs `script_text` as one process without `TF_CONFIG` ("single") and as
+    `workers` MultiWorkerMirroredStrategy workers on 127.0.0.1 ("worker0",
+    ...), all at once; returns what each saved to its `<name>.npz`.
+
+    Each process gets `argv = [npz path, "single" | "worker", *args(name)]`.
+    Output goes to `<name>.log` in `tmp_path` (files, not pipes, so that no
+    process blocks on a full pipe while the others wait for it in a
+    collective). It stops at the first failure (the other workers would wait
+    in a collective until the deadline); a process still running then, or at
+    `timeout` seconds, is killed, and the logs' tails are in the error.
+    """
+    script = tmp_path / "worker.py"
+    script.write_text(script_text)
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in _free_ports(workers)]}
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    env.pop("TF_CONFIG", None)
+    runs = {"single": dict(env)}
+    for i in range(workers):
+        config = {"cluster": cluster, "task": {"type": "worker", "index": i}}
+        runs[f"worker{i}"] = dict(env, TF_CONFIG=json.dumps(config))
+    processes = {}
+    try:
+        for name, run_env in runs.items():
+            role = "single" if name == "single" else "worker"
+            argv = [str(script), str(tmp_path / f"{name}.npz"), role]
+            argv += [str(a) for a in (args(name) if args else [])]
+            with open(tmp_path / f"{name}.log", "w") as log:
+                processes[name] = subprocess.Popen(
+                    [sys.executable, *argv],
+                    env=run_env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+        deadline = time.monotonic() + timeout
+        codes = dict.fromkeys(processes)
+        while time.monotonic() < deadline:
+            codes = {name: p.poll() for name, p in processes.items()}
+            if all(code == 0 for code in codes.values()) or any(
+                code not in (None, 0) for code in codes.values()
+            ):
+                break
+            time.sleep(0.2)
+    finally:
+        for process in processes.values():  # nothing outlives the test
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    if any(code != 0 for code in codes.values()):
+        tails = [
+            f"--- {name}: exit code {codes[name]} (None: killed)\n"
+            + (tmp_path / f"{name}.log").read_text()[-3000:]
+            for name in runs
+        ]
+        raise AssertionError("a process failed\n" + "\n".join(tails))
+    results = {}
+    for name in runs:
+        with np.load(tmp_path / f"{name}.npz") as archive:
+            results[name] = {key: archive[key] for key in archive.files}
+    return results

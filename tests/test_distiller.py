@@ -1,3 +1,4 @@
+import inspect
 import os
 import subprocess
 import sys
@@ -539,6 +540,24 @@ def test_keras_internals_the_distiller_relies_on(data):
             "tf_keras losses no longer have `_allow_sum_over_batch_size`: "
             "update keras_kd/backend.py::allow_batch_mean_under_strategy."
         )
+    if not backend.LEGACY:
+        # Distiller._maybe_symbolic_build / _symbolic_build (multi-worker
+        # first batch: backend.first_local_batch; a TeacherBatch read as
+        # (x, y, sample_weight)) override these Keras 3 methods.
+        for method, argument in (
+            ("_maybe_symbolic_build", "iterator"),
+            ("_maybe_symbolic_build", "data_batch"),
+            ("_symbolic_build", "data_batch"),
+        ):
+            found = getattr(keras.Model, method, None)
+            assert (
+                found is not None and argument in inspect.signature(found).parameters
+            ), (
+                f"Keras {keras.__version__} no longer has `Model.{method}"
+                f"({argument}=...)`, which keras_kd.Distiller overrides for "
+                "tf.distribute strategies: update keras_kd/distiller/model.py "
+                "and keras_kd/backend.py::first_local_batch."
+            )
     # ...and what is read there is the hard loss Keras itself would compute.
     plain = keras.models.clone_model(d.student)
     plain.set_weights(d.student.get_weights())

@@ -7,7 +7,7 @@ import pytest
 
 import keras_kd as kd
 from conftest import make_mlp, np_kl, np_log_softmax
-from keras_kd.backend import keras
+from keras_kd.backend import keras, tf
 
 SCE = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
@@ -152,6 +152,35 @@ def test_dict_routing_errors():
         kd.Distiller(
             teacher, student, teacher_inputs="a", augmentation=kd.augment.jitter(1)
         )
+
+
+def test_routed_inputs_with_stored_teacher_outputs():
+    rng = np.random.default_rng(0)
+    x = {
+        "image_hr": rng.random((8, 8, 8, 1)).astype("float32"),
+        "image": rng.random((8, 4, 4, 1)).astype("float32"),
+    }
+    y = rng.integers(0, 3, 8)
+    teacher, student = _image_model(8, "t"), _image_model(4, "s")
+
+    def cached(outputs):
+        batch = kd.data.TeacherBatch(x, y, outputs, ())
+        return tf.data.Dataset.from_tensor_slices(batch).batch(4)
+
+    d = kd.Distiller(
+        teacher, student, teacher_inputs="image_hr", student_inputs="image"
+    )
+    live = _evaluate(d, x, y, temperature=2.0, alpha=0.5)
+    # The teacher's outputs on its own entry, stored: the same losses.
+    stored = d.evaluate(
+        cached(teacher.predict(x["image_hr"], verbose=0)), return_dict=True, verbose=0
+    )
+    for key in ("loss", "distillation_loss", "hard_loss"):
+        np.testing.assert_allclose(stored[key], live[key], rtol=1e-5)
+    # Outputs of another input (here: the teacher on zeros) are refused.
+    stale = teacher.predict(np.zeros_like(x["image_hr"]), verbose=0)
+    with pytest.raises(ValueError, match="not those of the Distiller's teacher"):
+        d.fit(cached(stale), verbose=0)
 
 
 def test_round_trip_with_teachers_subset_and_routing(data, tmp_path):

@@ -37,6 +37,7 @@ import numpy as np
 
 from keras_kd import _batches, _distillation, _teaching, _utils
 from keras_kd.backend import tf
+from keras_kd.cache import TOP_K_GAP
 from keras_kd.data import MixedBatch
 
 # Rows of numpy data the teacher is run on when `batch_size` is not given.
@@ -109,8 +110,10 @@ def _check_samples(distiller, x, y, weights, names, batch_size, run_teacher=True
     if x is None:
         return
     label_name = names[0]  # a dataset's labels come with its inputs
+    stored = None
     if isinstance(x, tf.data.Dataset):
         batch = _first_element(x, names[0])
+        stored = _distillation.cached_outputs(batch)
         x, y, weights, labelled = _distillation.unpack_batch(batch)
         if labelled is not None:  # a transfer set: x holds unlabelled rows too
             weights = None
@@ -140,7 +143,9 @@ def _check_samples(distiller, x, y, weights, names, batch_size, run_teacher=True
         _check_labels(
             distiller, tf.nest.map_structure(_batches.to_numpy, y), label_name
         )
-    if run_teacher:
+    if stored is not None:
+        _check_stored_outputs(distiller, first, stored, names[0], run_teacher)
+    elif run_teacher:
         _check_teacher_outputs(distiller, first, names[0])
 
 
@@ -373,3 +378,73 @@ def _check_teacher_outputs(distiller, x, argument) -> None:
                     "teacher's weights (a diverged training?) and its inputs' "
                     "preprocessing."
                 )
+
+
+# ---------------------------------------------------------------------------
+# Stored teacher outputs (`keras_kd.data.with_teacher_outputs`)
+# ---------------------------------------------------------------------------
+
+# How far stored outputs may be from the live teacher's: float16 storage
+# (a relative spacing of 2**-11) and the last bits of another batch size.
+_STORED_ATOL, _STORED_RTOL = 1e-3, 4e-3
+
+
+def _check_stored_outputs(distiller, x, stored, argument, training) -> None:
+    """Stored outputs are usable here and are the teacher's on the first batch.
+
+    The teacher runs once on the first batch; where an output's stored
+    value was kept (all classes, or the top k), it must equal the live
+    teacher's logits (a final softmax's as log-probabilities) to float16
+    tolerance. Otherwise the cache is of another teacher, or stale.
+    """
+    _distillation.refuse_cached_teaching(
+        type(distiller).__name__,
+        distiller._teachers,
+        distiller._features,
+        distiller.augmentation,
+        distiller._mixup,
+        distiller.train_teacher,
+        training,
+    )
+    teacher = distiller._teachers[0]
+    x = _teaching.route(x, distiller._teacher_inputs, "teacher_inputs")
+    live = tf.nest.flatten(
+        teacher(tf.nest.map_structure(tf.convert_to_tensor, x), training=False)
+    )
+    probabilities = _utils.output_is_probabilities(teacher) or [False] * len(live)
+    stored = tf.nest.flatten(stored)
+    if len(stored) != len(live):
+        raise ValueError(
+            f"Argument `{argument}` carries {len(stored)} stored teacher "
+            f"output(s), but the teacher {teacher.name!r} has {len(live)}. "
+            "Compute the outputs again with "
+            "`keras_kd.data.with_teacher_outputs(teacher, ...)`."
+        )
+    for index, (value, output, is_prob) in enumerate(zip(stored, live, probabilities)):
+        value = np.asarray(value, np.float32)
+        output = np.asarray(_utils.log_probs(output) if is_prob else output, np.float32)
+        if value.shape != output.shape:
+            raise ValueError(
+                f"Argument `{argument}`: stored teacher output {index} has shape "
+                f"{value.shape} on the first batch, the teacher {teacher.name!r} "
+                f"gives {output.shape}. Compute the outputs again with this "
+                "teacher."
+            )
+        if not np.isfinite(value).all():
+            raise ValueError(
+                f"Argument `{argument}` holds non-finite stored teacher outputs "
+                "(NaN or inf) on the first batch. Expected finite logits."
+            )
+        kept = value > value.max(axis=-1, keepdims=True) - TOP_K_GAP / 2
+        gap = np.abs(value - output)[kept]
+        allowed = (_STORED_ATOL + _STORED_RTOL * np.abs(output))[kept]
+        if (gap > allowed).any():
+            raise ValueError(
+                f"Argument `{argument}` carries teacher outputs that are not "
+                f"those of the Distiller's teacher {teacher.name!r}: on the "
+                f"first batch, output {index} differs by up to {gap.max():.4g} "
+                "(float16 tolerance allows about "
+                f"{allowed[np.argmax(gap)]:.2g}). The cache is stale or of "
+                "another teacher: compute it again with "
+                "`keras_kd.data.with_teacher_outputs(teacher, ...)`."
+            )

@@ -11,7 +11,15 @@ import inspect
 
 import numpy as np
 
-from keras_kd import _distillation, _teaching, _utils, augment, backend, taps
+from keras_kd import (
+    _distillation,
+    _precision,
+    _teaching,
+    _utils,
+    augment,
+    backend,
+    taps,
+)
 from keras_kd._utils import output_is_probabilities
 from keras_kd.backend import keras, register_serializable, tf
 from keras_kd.distiller import fit_checks
@@ -60,6 +68,12 @@ class Distiller(DistillerSteps, keras.Model):
     covers every row, the hard loss and the compiled metrics (in `fit` and
     `evaluate`) the labelled rows; a loss that requires labels
     (`DecoupledKD`) gets the teacher's top class on unlabelled rows.
+
+    **Teacher outputs computed once.** Batches of
+    `keras_kd.data.with_teacher_outputs` (`TeacherBatch`) carry the
+    teacher's outputs, used instead of running the teacher (`fit` checks
+    the first batch against it). Refused, with the reason: feature taps,
+    several teachers, `augmentation` / `mixup` in training, online training.
 
     History carries `loss` (the total), `hard_loss`, `distillation_loss` and
     the compiled metrics, for training and validation.
@@ -111,6 +125,10 @@ class Distiller(DistillerSteps, keras.Model):
             token is this id (the hard loss keeps the batch's sample weights).
             Without it, they cover every token the sample weights (or a
             Keras mask) leave in; either way, averaged over those tokens.
+        teacher_dtype: None, or `"bfloat16"` / `"float16"`: the (Sequential
+            or functional) teacher runs as a copy computing in that dtype,
+            outputs cast to float32; not with `train_teacher`. Faster only
+            with fast kernels for it (see `keras_kd._precision`).
         **kwargs: passed to `keras.Model`.
 
     Example:
@@ -158,6 +176,7 @@ class Distiller(DistillerSteps, keras.Model):
         student_inputs=None,
         class_indices=None,
         mask_token_id=None,
+        teacher_dtype=None,
         **kwargs,
     ):
         backend.check_tensorflow_backend("Distiller")
@@ -174,6 +193,9 @@ class Distiller(DistillerSteps, keras.Model):
             )
         _utils.check_alpha(teacher_alpha, "teacher_alpha")
         teachers, teacher_weights = _teaching.check_teachers(teacher, teacher_weights)
+        teacher_dtype = _precision.check_teacher_dtype(
+            teacher_dtype, type(self).__name__, self.train_teacher
+        )
         _utils.check_model(student, "student", allow_none=False)
         if any(t is student for t in teachers):
             raise ValueError(
@@ -209,12 +231,17 @@ class Distiller(DistillerSteps, keras.Model):
         for model in teachers:
             if not self.train_teacher:
                 model.trainable = False
+        # The teachers as they run: lower-precision copies with
+        # `teacher_dtype` (not tracked: `teacher` is what is saved).
+        runners = _precision.teacher_copies(teachers, teacher_dtype)
+        object.__setattr__(self, "_teacher_runners", runners)
+        self._teacher_dtype = teacher_dtype
         # The views share the models' layers: not tracked, so that no weight
         # is saved twice. The adapters are the Distiller's own weights.
         object.__setattr__(
             self,
             "_features",
-            taps.Features(features, student, teachers) if features else None,
+            taps.Features(features, student, runners.models) if features else None,
         )
         self.adapters = list(self._features.adapters) if features else []
         self._alpha = tf.Variable(0.5, trainable=False, dtype=tf.float32, name="alpha")
@@ -444,12 +471,39 @@ class Distiller(DistillerSteps, keras.Model):
         fit_checks.check_fit(self, bound.arguments)
         return super().fit(*args, **kwargs)
 
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Keras 3 reads the first batch of a multi-worker strategy with a
+        # `strategy.reduce` that fails on `(x, y)`: read this worker's share.
+        strategy = self.distribute_strategy
+        if iterator is not None and backend.is_multi_worker(strategy):
+            data_batch = backend.first_local_batch(strategy, iterator)
+            iterator = None
+        return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+
+    def _symbolic_build(self, *args, **kwargs):
+        # Keras 3, under a tf.distribute strategy, builds the compiled metrics
+        # from one batch read as `(x, y, sample_weight)` before the first
+        # step: a `TeacherBatch` (four fields) is handed over as that.
+        batch = kwargs.get("data_batch")
+        if batch is not None and _distillation.cached_outputs(batch) is not None:
+            kwargs["data_batch"] = _distillation.unpack_batch(batch)[:3]
+        return super()._symbolic_build(*args, **kwargs)
+
+    def make_train_function(self, force=False):
+        self._teacher_runners.sync()  # a lower-precision teacher's copy
+        return super().make_train_function(force=force)
+
+    def make_test_function(self, force=False):
+        self._teacher_runners.sync()
+        return super().make_test_function(force=force)
+
     def train_step(self, data):
+        stored = self._stored_teaching(data, training=True)
         x, y, sample_weight, labelled = _distillation.unpack_batch(data)
         x, mix = augment.transform_batch(
             x, self.augmentation, self._mixup, self.optimizer.iterations, labelled
         )
-        teaching = self._teacher_forward(x)
+        teaching = self._teacher_forward(x) if stored is None else stored
         with tf.GradientTape() as tape:
             y_pred, features = self._student_forward(x, training=True)
             loss = self._step_loss(
@@ -457,15 +511,18 @@ class Distiller(DistillerSteps, keras.Model):
             )
         backend.minimize(self.optimizer, loss, self.trainable_variables, tape)
         rows = _distillation.labelled_rows(y_pred, labelled)
-        return self.compute_metrics(x, y, rows, sample_weight)
+        logs = self.compute_metrics(x, y, rows, sample_weight)
+        return backend.multi_worker_step_logs(self.distribute_strategy, logs)
 
     def test_step(self, data):
+        stored = self._stored_teaching(data, training=False)
         x, y, sample_weight, labelled = _distillation.unpack_batch(data)
-        teaching = self._teacher_forward(x)
+        teaching = self._teacher_forward(x) if stored is None else stored
         y_pred, features = self._student_forward(x, training=False)
         self._step_loss(x, y, y_pred, teaching, sample_weight, labelled, None, features)
         rows = _distillation.labelled_rows(y_pred, labelled)
-        return self.compute_metrics(x, y, rows, sample_weight)
+        logs = self.compute_metrics(x, y, rows, sample_weight)
+        return backend.multi_worker_step_logs(self.distribute_strategy, logs)
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
         """Updates the compiled metrics (when there are labels); returns logs."""
@@ -511,10 +568,12 @@ class Distiller(DistillerSteps, keras.Model):
                 self._class_indices,
                 _distillation.check_output_shapes,
             )
-        if self._features is not None and teachers:
-            self._features.set_teachers(teachers)
         for model in teachers:
             model.trainable = False
+        runners = _precision.teacher_copies(teachers, self._teacher_dtype)
+        if self._features is not None and teachers:
+            self._features.set_teachers(runners.models)
+        object.__setattr__(self, "_teacher_runners", runners)
         object.__setattr__(self, "teacher", teacher)
         object.__setattr__(self, "_teachers", teachers)
         self._teacher_swapped = True

@@ -7,12 +7,22 @@ put together from the hard labels, the soft targets and the feature taps.
 
 from __future__ import annotations
 
-from keras_kd import _distillation, _teaching, _utils, augment, backend
+import threading
+
+from keras_kd import _distillation, _precision, _teaching, _utils, augment, backend
 from keras_kd.backend import tf
 
 
 class DistillerSteps:
     """The per-step computations of `keras_kd.Distiller` (a mixin)."""
+
+    @property
+    def _stored_targets(self):
+        """True while a step that distils from stored teacher outputs
+        (`keras_kd.data.TeacherBatch`, always logits) is traced in this
+        thread (a thread-local flag: `MirroredStrategy` traces each replica's
+        step in its own thread)."""
+        return getattr(_TRACING, "stored", False)
 
     def compute_hard_loss(self, y, y_pred, sample_weight=None):
         """The loss given to `compile` between the labels and `y_pred`.
@@ -62,7 +72,8 @@ class DistillerSteps:
             A float32 scalar.
         """
         fns = self._resolve_distillation_fns(student_output)
-        teacher = (tf.nest.flatten(teacher_output), self._teacher_probs)
+        probs = None if self._stored_targets else self._teacher_probs
+        teacher = (tf.nest.flatten(teacher_output), probs)
         student = (tf.nest.flatten(student_output), self._student_probs)
         if reverse:
             teacher, student = student, teacher
@@ -160,8 +171,21 @@ class DistillerSteps:
 
         Per-token sample weights (a padding mask) are rescaled so that every
         term is the weighted mean over the real tokens (`_distillation.
-        per_token_mean`), not over the padded length.
+        per_token_mean`), not over the padded length. `teaching` from
+        `_stored_teaching` holds stored outputs, which are logits.
         """
+        previous = getattr(_TRACING, "stored", False)
+        _TRACING.stored = isinstance(teaching, _Stored)
+        try:
+            return self._step_total(
+                x, y, y_pred, teaching, sample_weight, labelled, mix, features
+            )
+        finally:
+            _TRACING.stored = previous
+
+    def _step_total(
+        self, x, y, y_pred, teaching, sample_weight, labelled, mix, features
+    ):
         teacher_output, feature_loss = None, None
         taught = sample_weight  # the weights of the distillation and feature terms
         if self._mask_token_id is not None:  # MLM: the masked positions only
@@ -200,13 +224,36 @@ class DistillerSteps:
             x, labels, y_pred, teacher_output, taught, hard, feature_loss
         )
 
+    def _stored_teaching(self, data, training):
+        """The `teaching` of a batch with stored teacher outputs (skipping the
+        teacher), or None for any other batch; refused where unusable."""
+        outputs = _distillation.cached_outputs(data)
+        if outputs is None:
+            return None
+        _distillation.refuse_cached_teaching(
+            type(self).__name__,
+            self._teachers,
+            self._features,
+            self.augmentation,
+            self._mixup,
+            self.train_teacher,
+            training,
+        )
+        return _Stored([outputs], None)
+
     def _teacher_forward(self, x):
         """Each teacher once: `(outputs per teacher, tapped features)`, or None."""
         if not self._teachers:
             return None
         x = _teaching.route(x, self._teacher_inputs, "teacher_inputs")
         views = self._features.teacher_views if self._features is not None else {}
-        return _teaching.forward(self._teachers, views, x, len(self.features))
+        outputs, features = _teaching.forward(
+            self._teacher_runners.models, views, x, len(self.features)
+        )
+        if self._teacher_dtype is None:
+            return outputs, features
+        # A lower-precision teacher: every loss sees float32.
+        return _precision.to_float32(outputs), _precision.to_float32(features)
 
     def _student_forward(self, x, training):
         """The student once: `(outputs, tapped features or None)`."""
@@ -223,12 +270,24 @@ class DistillerSteps:
             return outputs[0]
         fns = self._resolve_distillation_fns(y_pred)
         probs = [_utils.output_is_probabilities(t) for t in self._teachers]
+        if self._stored_targets:  # stored outputs are logits
+            probs = [None]
         probs = [p or [False] * len(tf.nest.flatten(o)) for p, o in zip(probs, outputs)]
         flat = [tf.nest.flatten(o) for o in outputs]
         targets = _teaching.combine(
             flat, probs, self._teacher_weights, self._class_indices, fns
         )
         return targets[0] if len(targets) == 1 else targets
+
+
+_TRACING = threading.local()
+
+
+class _Stored(tuple):
+    """`(outputs per teacher, None)`: teaching from stored outputs (logits)."""
+
+    def __new__(cls, outputs, features):
+        return super().__new__(cls, (outputs, features))
 
 
 __all__ = ["DistillerSteps"]
