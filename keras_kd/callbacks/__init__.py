@@ -4,7 +4,7 @@
   inside one `fit`: each generation's student becomes the next one's frozen
   teacher. Its Keras hooks live in `self_distillation.py`, the plain-Python
   plan of its generations in `generations.py`, the store of the finished
-  generations' weights in `backup.py`.
+  generations' weights in `generation_store.py` (`GenerationStore`).
 * `AlphaSchedule` and `TemperatureSchedule` (`schedules.py`) change `alpha`
   and the softmax temperature by epoch or by step. The values live in
   variables, so the compiled train function is not retraced.
@@ -13,6 +13,7 @@
 """
 
 from keras_kd.callbacks.backup_and_restore import BackupAndRestore
+from keras_kd.callbacks.generation_store import GenerationStore
 from keras_kd.callbacks.schedules import (
     AlphaSchedule,
     TemperatureSchedule,
@@ -24,6 +25,7 @@ from keras_kd.callbacks.self_distillation import SelfDistillation
 __all__ = [
     "AlphaSchedule",
     "BackupAndRestore",
+    "GenerationStore",
     "SelfDistillation",
     "TemperatureSchedule",
     "cosine",

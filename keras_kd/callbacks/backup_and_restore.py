@@ -139,9 +139,9 @@ class BackupAndRestore(keras.callbacks.Callback):
             return
         self._load(state)
         epoch, batch = state["meta"]["epoch"], state["meta"]["batch"]
-        _set_initial_epoch(self.model, epoch)
+        backend.set_initial_epoch(self.model, epoch)
         if batch >= 0:
-            spe = _steps_per_execution(self.model)
+            spe = backend.steps_per_execution(self.model)
             if spe != 1:
                 raise ValueError(
                     "BackupAndRestore resumes a backup taken mid-epoch (batch "
@@ -168,10 +168,11 @@ class BackupAndRestore(keras.callbacks.Callback):
             and batch <= self._resume_at[1]
         )
         if skip and self._skipping is None:
-            self._skipping = self.model.train_function
-            self.model.train_function = _skip_batch(self.model)
+            self._skipping = backend.replace_train_function(
+                self.model, backend.batch_skipping_train_function(self.model)
+            )
         elif not skip and self._skipping is not None:
-            self.model.train_function = self._skipping
+            backend.replace_train_function(self.model, self._skipping)
             self._skipping = None
             self._resume_at = None
 
@@ -185,16 +186,16 @@ class BackupAndRestore(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         if self._skipping is not None:  # every batch of the epoch was skipped
-            self.model.train_function = self._skipping
+            backend.replace_train_function(self.model, self._skipping)
             self._skipping = None
             self._resume_at = None
         if self.save_freq == "epoch":
             self._save(epoch + 1, -1, logs)
 
     def on_train_end(self, logs=None):
-        _set_initial_epoch(self.model, None)
+        backend.set_initial_epoch(self.model, None)
         if self._skipping is not None:
-            self.model.train_function = self._skipping
+            backend.replace_train_function(self.model, self._skipping)
             self._skipping = None
         if self.delete_checkpoint and not self._diverged:
             for name in (STATE_FILE, PREVIOUS_FILE):
@@ -211,7 +212,7 @@ class BackupAndRestore(keras.callbacks.Callback):
         optimizer = getattr(model, "optimizer", None)
         optimizer_variables = []
         if optimizer is not None:
-            _build_optimizer(model)
+            backend.build_optimizer(optimizer, model.trainable_variables)
             optimizer_variables = list(optimizer.variables)
         return list(model.weights), optimizer_variables
 
@@ -300,63 +301,3 @@ class BackupAndRestore(keras.callbacks.Callback):
                 )
             for variable, value in zip(variables, values):
                 variable.assign(value)
-
-
-# ---------------------------------------------------------------------------
-# Keras internals, in one place
-# ---------------------------------------------------------------------------
-
-
-def _skip_batch(model):
-    """A train function that draws one batch and does not train on it."""
-
-    def skip(iterator):
-        next(iterator)
-        results = getattr(model, "get_metrics_result", None)
-        if callable(results):  # Keras 3
-            return results()
-        return {m.name: m.result() for m in model.metrics}
-
-    return skip
-
-
-def _build_optimizer(model) -> None:
-    optimizer = model.optimizer
-    built = getattr(optimizer, "built", None)
-    if built is None:  # tf_keras sets `_built` only once built
-        built = getattr(optimizer, "_built", False)
-    if not built:
-        optimizer.build(model.trainable_variables)
-
-
-def _steps_per_execution(model) -> int:
-    value = getattr(model, "steps_per_execution", None)
-    if value is None:
-        value = getattr(model, "_steps_per_execution", None)
-    if value is None:
-        return 1
-    return int(value.numpy() if hasattr(value, "numpy") else value)
-
-
-class _StartAt:
-    """tf_keras's hook for a callback to choose the first epoch of `fit`."""
-
-    def __init__(self, epoch):
-        self.epoch = epoch
-
-    def maybe_load_initial_counters_from_ckpt(
-        self, steps_per_epoch, initial_epoch, mode=None
-    ):
-        return self.epoch, 0
-
-
-def _set_initial_epoch(model, epoch) -> None:
-    """Makes `fit` start at `epoch` (None: as the user asked).
-
-    Keras 3 reads `model._initial_epoch` (set by its own BackupAndRestore);
-    tf_keras asks `model._training_state` (set by its own BackupAndRestore).
-    """
-    if backend.LEGACY:
-        model._training_state = None if epoch is None else _StartAt(epoch)
-    else:
-        model._initial_epoch = epoch

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from keras_kd import _utils
+from keras_kd import _utils, backend
 from keras_kd.backend import keras, tf
-from keras_kd.callbacks.backup import GenerationStore
+from keras_kd.callbacks.generation_store import GenerationStore
 from keras_kd.callbacks.generations import MODES, GenerationPlan, per_generation
 from keras_kd.distiller import Distiller
 from keras_kd.ensemble import Ensemble
@@ -386,12 +386,7 @@ class SelfDistillation(keras.callbacks.Callback):
 
     def _snapshot_optimizer(self):
         optimizer = self.model.optimizer
-        if hasattr(optimizer, "built"):  # Keras 3
-            built = optimizer.built
-        else:  # tf_keras sets `_built` only once built
-            built = getattr(optimizer, "_built", False)
-        if not built:
-            optimizer.build(self.model.trainable_variables)
+        backend.build_optimizer(optimizer, self.model.trainable_variables)
         self._optimizer_state = [np.array(v.numpy()) for v in optimizer.variables]
 
     def _reset_optimizer(self):

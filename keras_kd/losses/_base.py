@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numbers
 
-from keras_kd import _utils
+from keras_kd import _utils, backend
 from keras_kd.backend import keras, tf
 
 # Added to the standard deviation of a logit vector before dividing by it
@@ -179,9 +179,7 @@ class _BoundCall(keras.losses.Loss):
         self._bound = bound
         # tf_keras: the Distiller allows the batch mean under a strategy on
         # the loss it was given (backend.allow_batch_mean_under_strategy).
-        allowed = getattr(owner, "_allow_sum_over_batch_size", None)
-        if allowed is not None:
-            self._allow_sum_over_batch_size = allowed
+        backend.copy_batch_mean_permission(owner, self)
 
     @tf.autograph.experimental.do_not_convert  # plain tensor code, nothing to convert
     def call(self, y_true, y_pred):

@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 import pytest
 
-from keras_kd.callbacks.backup import STATE_FILE, GenerationStore
+from keras_kd.callbacks.generation_store import STATE_FILE, GenerationStore
 
 
 def _weights(seed):
