@@ -156,13 +156,9 @@ def check_model(model, argument: str, allow_none: bool = False) -> None:
 
 
 def is_graph_model(model) -> bool:
-    """Whether `model` is Sequential or Functional (a graph of layers)."""
-    return (
-        isinstance(model, keras.Sequential)
-        or bool(getattr(model, "_is_graph_network", False))
-        # Functional itself, or a subclass of it (KerasHub's task models)
-        or any(cls.__name__ == "Functional" for cls in type(model).__mro__)
-    )
+    """Whether `model` is Sequential or Functional (a graph of layers), or a
+    subclass of Functional such as KerasHub's task models."""
+    return backend.is_graph_network(model)
 
 
 def with_token_mask(sample_weight, token_mask):
@@ -258,16 +254,6 @@ def log_probs(probabilities):
     return tf.math.log(tf.clip_by_value(probabilities, PROB_EPSILON, 1.0))
 
 
-def log_mean_probs(member_log_probs):
-    """log(mean_k p_k) from a list of members' log-probabilities, stably.
-
-    The log of the average of the members' probabilities (not the average of
-    their logits), computed as logsumexp - log(n).
-    """
-    stacked = tf.stack(list(member_log_probs), axis=0)
-    return tf.reduce_logsumexp(stacked, axis=0) - math.log(len(member_log_probs))
-
-
 # ---------------------------------------------------------------------------
 # Layers
 # ---------------------------------------------------------------------------
@@ -314,6 +300,22 @@ def walk_layers(model, into_wrappers: bool = True) -> Iterator:
         stack.extend(reversed(children))
 
 
+# Layers that scale or standardize a model's inputs: a model holding one
+# takes raw pixels (0-255) rather than [0, 1].
+RESCALING_LAYERS = ("Rescaling", "Normalization")
+
+
+def rescales_inputs(model) -> bool:
+    """Whether `model` holds a `Rescaling` or `Normalization` layer (at any depth).
+
+    Such a model scales its own inputs, so it is fed images as they are stored
+    (0-255), not divided by 255.
+    """
+    return any(
+        type(layer).__name__ in RESCALING_LAYERS for layer in walk_layers(model)
+    )
+
+
 def applies_softmax(layer) -> bool:
     """Whether `layer` ends with a softmax (its outputs are probabilities).
 
@@ -343,16 +345,8 @@ def output_layers(model):
         return None
     if not outputs:
         return None
-    layers = []
-    for output in outputs:
-        history = getattr(output, "_keras_history", None)
-        if history is None:
-            return None
-        layer = getattr(history, "operation", None) or getattr(history, "layer", None)
-        if layer is None:
-            layer = history[0]
-        layers.append(layer)
-    return layers
+    layers = [backend.keras_history_layer(output) for output in outputs]
+    return None if any(layer is None for layer in layers) else layers
 
 
 def output_is_probabilities(model):
@@ -365,6 +359,13 @@ def output_is_probabilities(model):
     if layers is None:
         return None
     return [applies_softmax(layer) for layer in layers]
+
+
+def computes_in_float16(model) -> bool:
+    """Whether `model` computes in float16 (`mixed_float16` or `float16`),
+    where a loss needs scaling for its gradients not to underflow."""
+    policy = getattr(model, "dtype_policy", None)
+    return getattr(policy, "compute_dtype", None) == "float16"
 
 
 def batch_size(x):

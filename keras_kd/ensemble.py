@@ -7,6 +7,8 @@ peers, several teachers of one student) are the average of their
 
 from __future__ import annotations
 
+import math
+
 from keras_kd import _utils
 from keras_kd.backend import keras, tf
 
@@ -42,10 +44,10 @@ def log_mean_probs(log_probs, weights=None):
         The log of the weighted mean probability: logits whose softmax is the
         ensemble's prediction.
     """
-    if weights is None:
-        return _utils.log_mean_probs(log_probs)
-    total = float(sum(weights))
     stacked = tf.stack(list(log_probs), axis=0)
+    if weights is None:  # logsumexp - log(n)
+        return tf.reduce_logsumexp(stacked, axis=0) - math.log(len(log_probs))
+    total = float(sum(weights))
     log_w = tf.reshape(
         tf.math.log(tf.constant([w / total for w in weights], tf.float32)),
         [-1] + [1] * (stacked.shape.rank - 1),

@@ -408,7 +408,7 @@ def test_bad_augmentation_and_mixup_are_rejected(kwargs, error, message):
 def test_online_distillers_refuse_augmentation_mixup_and_mixed_batches():
     t, s = recording_model(4), recording_model(4)
     with pytest.raises(ValueError, match="`augmentation` and `mixup`.*trains its"):
-        kd.Distiller(t, s, train_teacher=True, mixup=0.2)
+        kd.OnlineDistiller(t, s, mixup=0.2)
     with pytest.raises(ValueError, match="MutualLearning.*`augmentation`"):
         kd.MutualLearning([t, s], augmentation=doubled)
     online = kd.OnlineDistiller(t, s)

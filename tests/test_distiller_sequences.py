@@ -232,7 +232,7 @@ def test_mask_token_id_errors(data):
     with pytest.raises(ValueError, match="integer token ids"):
         d.fit(x, y, verbose=0)
     with pytest.raises(ValueError, match="Online distillation"):
-        kd.Distiller(make_mlp(8), make_mlp(4), train_teacher=True, mask_token_id=3)
+        kd.OnlineDistiller(make_mlp(8), make_mlp(4), mask_token_id=3)
 
 
 @pytest.mark.parametrize(

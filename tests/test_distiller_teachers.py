@@ -226,4 +226,4 @@ def test_errors_before_training(data):
     with pytest.raises(TypeError, match="class_indices"):
         kd.Distiller(make_mlp(8, n_out=5), s, class_indices="012")
     with pytest.raises(ValueError, match="Online distillation"):
-        kd.Distiller([t, make_mlp(8)], s, train_teacher=True)
+        kd.OnlineDistiller([t, make_mlp(8)], s)

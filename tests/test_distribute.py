@@ -50,8 +50,10 @@ SCRIPT = textwrap.dedent(
             extra = dict(teacher_weights=[1.0, 2.0], features=[
                 kd.FeatureMatch("hidden", "hidden"),
                 kd.FeatureMatch("hidden", "hidden", loss="cosine", teacher=1)])
-        d = kd.Distiller(teacher=t, student=s, train_teacher=online,
-                         teacher_alpha=0.3 if online else 0.0, **extra)
+        if online:
+            d = kd.OnlineDistiller(teacher=t, student=s, teacher_alpha=0.3, **extra)
+        else:
+            d = kd.Distiller(teacher=t, student=s, **extra)
         d.compile(optimizer=keras.optimizers.SGD(0.1), loss=sce,
                   metrics=["accuracy"], alpha=0.5)
         return d

@@ -47,6 +47,24 @@ def test_weighted_log_mean_probs(weights):
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
 
 
+def test_log_mean_probs_of_one_member_is_that_member():
+    log_probs = [np_log_softmax(_random_logits(1)[0]).astype("float32")]
+    np.testing.assert_allclose(
+        np.asarray(log_mean_probs(log_probs)), log_probs[0], rtol=1e-6
+    )
+
+
+def test_log_mean_probs_stays_finite_for_huge_logits():
+    a = np.array([[0.0, -1000.0]], np.float32)
+    b = np.array([[-1000.0, 0.0]], np.float32)
+    for weights in (None, [1.0, 1.0]):
+        np.testing.assert_allclose(
+            np.asarray(log_mean_probs([a, b], weights=weights)),
+            [[np.log(0.5), np.log(0.5)]],
+            rtol=1e-6,
+        )
+
+
 def test_member_log_probs_reads_logits_and_probabilities():
     (logits,) = _random_logits(1)
     probabilities = _softmax(logits).astype("float32")

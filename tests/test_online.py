@@ -19,7 +19,7 @@ from keras_kd.backend import keras
 def test_online_teacher_with_teacher_alpha_zero_learns_like_plain_fit(data):
     x, y = data
     teacher, teacher_twin = twins(16, "teacher")
-    d = kd.Distiller(teacher=teacher, student=make_mlp(4), train_teacher=True)
+    d = kd.OnlineDistiller(teacher=teacher, student=make_mlp(4))
     d.compile(optimizer=keras.optimizers.SGD(0.1), loss=hard_loss(), alpha=0.7)
     history = d.fit(x, y, epochs=2, batch_size=16, shuffle=False, verbose=0)
     teacher_twin.compile(optimizer=keras.optimizers.SGD(0.1), loss=hard_loss())
@@ -35,9 +35,7 @@ def test_online_teacher_with_teacher_alpha_zero_learns_like_plain_fit(data):
 def test_online_student_learns_from_the_teachers_current_outputs(data):
     x, y = data
     teacher = make_mlp(16, name="teacher")
-    d = kd.Distiller(
-        teacher=teacher, student=make_mlp(4), train_teacher=True, teacher_alpha=0.5
-    )
+    d = kd.OnlineDistiller(teacher=teacher, student=make_mlp(4), teacher_alpha=0.5)
     d.compile(
         optimizer=keras.optimizers.SGD(0.1),
         loss=hard_loss(),
@@ -59,14 +57,12 @@ def test_online_student_learns_from_the_teachers_current_outputs(data):
     assert logs["distillation_loss"] == pytest.approx(np_kl(t, s, 2.0), rel=1e-4)
 
 
-def test_train_teacher_builds_an_online_distiller_with_the_same_arguments():
+def test_online_distiller_takes_the_distillers_online_arguments():
     teacher, student = make_mlp(8), make_mlp(4)
-    d = kd.Distiller(teacher, student, True, 0.25, name="both")
+    d = kd.OnlineDistiller(teacher, student, True, 0.25, name="both")
     assert type(d) is kd.OnlineDistiller and isinstance(d, kd.Distiller)
     assert d.teacher is teacher and d.student is student and d.name == "both"
     assert d.train_teacher and d.teacher_alpha == 0.25 and teacher.trainable
-    offline = kd.Distiller(make_mlp(8), make_mlp(4), train_teacher=False)
-    assert type(offline) is kd.Distiller and not offline.train_teacher
     with pytest.raises(ValueError, match="always trains its teacher"):
         kd.OnlineDistiller(make_mlp(8), make_mlp(4), train_teacher=False)
 
@@ -77,7 +73,7 @@ def test_online_teacher_learns_towards_the_student_with_teacher_alpha(data):
     # teacher_alpha * KL(student || teacher) + (1 - teacher_alpha) * CE.
     x, y = data
     (teacher, teacher_ref), (student, student_ref) = twins(16, "t"), twins(4, "s")
-    d = kd.Distiller(teacher, student, train_teacher=True, teacher_alpha=0.4)
+    d = kd.OnlineDistiller(teacher, student, teacher_alpha=0.4)
     d.compile(
         optimizer=keras.optimizers.SGD(0.1),
         loss=hard_loss(),
@@ -123,7 +119,7 @@ def test_online_softmax_teacher_learning_from_a_logits_student(data):
     # keeps its own softmax detection (logits stay logits).
     x, y = data
     teacher = make_mlp(16, activation="softmax", name="teacher")
-    d = kd.Distiller(teacher, make_mlp(4), train_teacher=True, teacher_alpha=1.0)
+    d = kd.OnlineDistiller(teacher, make_mlp(4), teacher_alpha=1.0)
     d.compile(
         optimizer=keras.optimizers.SGD(0.1),
         loss=hard_loss(),
@@ -139,6 +135,7 @@ def test_online_softmax_teacher_learning_from_a_logits_student(data):
 
 
 def test_online_distiller_saved_by_keras_kd_0_1_loads_and_behaves_the_same():
+    # keras-kd 0.1 saved it as a "Distiller" with `train_teacher: True`.
     d, reference = saved_model("online_distiller")
     assert type(d) is kd.OnlineDistiller and d.teacher.trainable
     assert d.teacher_alpha == 0.5 and d.alpha == pytest.approx(0.6)
@@ -167,18 +164,13 @@ def test_online_distiller_round_trips_through_a_keras_file(data, tmp_path):
 
 
 def test_online_needs_a_teacher_and_a_hard_loss():
-    with pytest.raises(ValueError, match="train_teacher"):
-        kd.Distiller(teacher=None, student=make_mlp(4), train_teacher=True)
+    with pytest.raises(ValueError, match="needs a teacher.*teacher=None"):
+        kd.OnlineDistiller(teacher=None, student=make_mlp(4))
     with pytest.raises(TypeError, match="train_teacher"):
-        kd.Distiller(teacher=make_mlp(8), student=make_mlp(4), train_teacher="yes")
+        kd.OnlineDistiller(make_mlp(8), make_mlp(4), train_teacher="yes")
     with pytest.raises(ValueError, match="teacher_alpha"):
-        kd.Distiller(
-            teacher=make_mlp(8),
-            student=make_mlp(4),
-            train_teacher=True,
-            teacher_alpha=2.0,
-        )
-    d = kd.Distiller(teacher=make_mlp(8), student=make_mlp(4), train_teacher=True)
+        kd.OnlineDistiller(make_mlp(8), make_mlp(4), teacher_alpha=2.0)
+    d = kd.OnlineDistiller(teacher=make_mlp(8), student=make_mlp(4))
     with pytest.raises(ValueError, match="`loss`.*train_teacher"):
         d.compile(optimizer="adam", loss=None, alpha=1.0)
 
@@ -292,7 +284,21 @@ def test_mutual_learning_round_trips_through_a_keras_file(data, tmp_path):
     restored.fit(x, y, epochs=1, batch_size=16, verbose=0)
 
 
+def test_mutual_learning_keeps_its_import_paths_and_registered_name():
+    import keras_kd.mutual
+    import keras_kd.online
+
+    assert keras_kd.online.MutualLearning is keras_kd.mutual.MutualLearning
+    assert kd.MutualLearning is keras_kd.mutual.MutualLearning
+    for cls in (kd.MutualLearning, kd.OnlineDistiller):
+        name = f"keras_kd>{cls.__name__}"
+        assert keras.saving.get_registered_name(cls) == name
+        assert keras.saving.get_registered_object(name) is cls
+
+
 def test_mutual_learning_saved_by_keras_kd_0_1_still_loads():
+    # Saved when the class lived in keras_kd.online (it is in keras_kd.mutual
+    # now): found by its registered name.
     m, reference = saved_model("mutual_learning")
     assert type(m) is kd.MutualLearning
     assert_behaves_as_saved(
@@ -305,9 +311,7 @@ def test_online_teacher_term_gives_labels_to_decoupled_kd(data):
     teacher, student = make_mlp(16, name="t"), make_mlp(4, name="s")
     t = teacher(x, training=False).numpy()
     s = student(x, training=False).numpy()
-    d = kd.Distiller(
-        teacher=teacher, student=student, train_teacher=True, teacher_alpha=1.0
-    )
+    d = kd.OnlineDistiller(teacher=teacher, student=student, teacher_alpha=1.0)
     d.compile(
         optimizer=keras.optimizers.SGD(0.0),
         loss=hard_loss(),

@@ -71,7 +71,7 @@ SCRIPT = textwrap.dedent(
             m.compile(optimizer=keras.optimizers.SGD(0.1), loss=sce,
                       metrics=["accuracy"], temperature=2.0, alpha=0.5)
             return m
-        d = kd.Distiller(teacher=a, student=b, train_teacher=True, teacher_alpha=0.3)
+        d = kd.OnlineDistiller(teacher=a, student=b, teacher_alpha=0.3)
         d.compile(optimizer=keras.optimizers.SGD(0.1), loss=sce,
                   distillation_loss=kd.losses.KLDivergence(2.0), alpha=0.5)
         return d
@@ -293,7 +293,7 @@ def test_online_distiller_skips_an_overflowing_mixed_float16_step(data):
     x, y = data
     keras.mixed_precision.set_global_policy("mixed_float16")
     teacher, student = make_mlp(16), make_mlp(4)
-    d = kd.Distiller(teacher=teacher, student=student, train_teacher=True)
+    d = kd.OnlineDistiller(teacher=teacher, student=student)
     d.compile(
         optimizer=keras.mixed_precision.LossScaleOptimizer(
             keras.optimizers.SGD(0.1), initial_scale=2.0**40

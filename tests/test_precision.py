@@ -232,9 +232,6 @@ def test_refused_for_a_subclassed_or_trained_teacher():
     with pytest.raises(ValueError, match="subclassed teacher.*Subclassed"):
         kd.Distiller(teacher=teacher, student=make_mlp(4), teacher_dtype="bfloat16")
     with pytest.raises(ValueError, match="trains its teacher.*teacher_dtype"):
-        kd.Distiller(
-            teacher=make_mlp(16),
-            student=make_mlp(4),
-            train_teacher=True,
-            teacher_dtype="bfloat16",
+        kd.OnlineDistiller(
+            teacher=make_mlp(16), student=make_mlp(4), teacher_dtype="bfloat16"
         )

@@ -458,9 +458,7 @@ def test_errors_name_the_argument():
     with pytest.raises(ValueError, match="rank"):
         kd.Distiller(t, s, features=[kd.FeatureMatch("t_c1", "s_gap")])
     with pytest.raises(ValueError, match="Online distillation"):
-        kd.Distiller(
-            t, s, train_teacher=True, features=[kd.FeatureMatch("t_c1", "s_c1")]
-        )
+        kd.OnlineDistiller(t, s, features=[kd.FeatureMatch("t_c1", "s_c1")])
 
 
 def test_a_new_teacher_whose_widths_need_another_adapter_is_refused():

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import make_mlp, np_log_softmax
+from conftest import make_mlp
 from keras_kd import _utils, backend
 from keras_kd.backend import keras
 
@@ -182,27 +182,6 @@ def test_log_probs_matches_numpy_and_clips_zeros():
     # softmax of log-probabilities gives the probabilities back
     q = np.array([[0.2, 0.5, 0.3]], np.float32)
     np.testing.assert_allclose(tf.nn.softmax(_utils.log_probs(q)), q, rtol=1e-6)
-
-
-def test_log_mean_probs_is_the_log_of_the_mean_probability():
-    rng = np.random.default_rng(0)
-    logits = [rng.normal(size=(4, 5)) * 3 for _ in range(3)]
-    members = [tf.constant(np_log_softmax(z), tf.float32) for z in logits]
-    got = _utils.log_mean_probs(members).numpy()
-    expected = np.log(np.mean([np.exp(np_log_softmax(z)) for z in logits], axis=0))
-    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
-    # not the mean of the log-probabilities (which is what it must not be)
-    assert not np.allclose(got, np.mean([np_log_softmax(z) for z in logits], axis=0))
-    single = _utils.log_mean_probs(members[:1]).numpy()
-    np.testing.assert_allclose(single, members[0].numpy(), rtol=1e-6)
-
-
-def test_log_mean_probs_stays_finite_for_huge_logits():
-    a = tf.constant([[0.0, -1000.0]])
-    b = tf.constant([[-1000.0, 0.0]])
-    np.testing.assert_allclose(
-        _utils.log_mean_probs([a, b]).numpy(), [[np.log(0.5), np.log(0.5)]], rtol=1e-6
-    )
 
 
 # --- layers ---------------------------------------------------------------------

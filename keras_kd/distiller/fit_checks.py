@@ -31,26 +31,54 @@ fractional values (after resizing) are not flagged.
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 
 import numpy as np
 
-from keras_kd import _batches, _distillation, _teaching, _utils
+from keras_kd import _batches, _utils
 from keras_kd.backend import tf
 from keras_kd.cache import TOP_K_GAP
 from keras_kd.data import MixedBatch
+from keras_kd.distiller import batches, teacher_side
 
 # Rows of numpy data the teacher is run on when `batch_size` is not given.
 _DEFAULT_BATCH = 32
-# Layers that rescale raw pixels inside a model.
-_RESCALING_LAYERS = ("Rescaling", "Normalization")
+@dataclasses.dataclass(frozen=True)
+class FitSubject:
+    """What the checks read of the `Distiller` about to train.
+
+    The Distiller builds one for each `fit` (its small internal interface to
+    this module): the checks read these fields and nothing else of it.
+
+    Attributes:
+        owner: the class name, for messages.
+        student: the student model.
+        teachers: the teacher models (empty without a teacher).
+        teacher_inputs: the keys the teachers read of dict inputs, or None.
+        hard_loss: `compile`'s `loss`.
+        augmentation: the train step's augmentation, or None.
+        mixup: the train step's `MixUp`, or None.
+        features: the feature taps (`taps.Features`), or None.
+        trains_teacher: whether the teacher learns too (online).
+    """
+
+    owner: str
+    student: object
+    teachers: tuple
+    teacher_inputs: object = None
+    hard_loss: object = None
+    augmentation: object = None
+    mixup: object = None
+    features: object = None
+    trains_teacher: bool = False
 
 
-def check_fit(distiller, arguments: dict) -> None:
-    """Validates the arguments of `distiller.fit`, before training starts.
+def check_fit(subject: FitSubject, arguments: dict) -> None:
+    """Validates the arguments of `Distiller.fit`, before training starts.
 
     Args:
-        distiller: the `keras_kd.Distiller` about to train.
+        subject: what the checks read of the Distiller about to train.
         arguments: `fit`'s arguments by name (as bound to its signature).
 
     Raises:
@@ -73,7 +101,7 @@ def check_fit(distiller, arguments: dict) -> None:
         arguments.get("y"),
         arguments.get("sample_weight"),
     )
-    _check_samples(distiller, x, y, weights, ("x", "y", "sample_weight"), batch_size)
+    _check_samples(subject, x, y, weights, ("x", "y", "sample_weight"), batch_size)
     validation = arguments.get("validation_data")
     if validation is None:
         return
@@ -87,10 +115,10 @@ def check_fit(distiller, arguments: dict) -> None:
             )
         parts = list(validation) + [None] * (3 - len(validation))
         names = tuple(f"validation_data[{i}]" for i in range(3))
-        _check_samples(distiller, *parts, names, batch_size, run_teacher=False)
+        _check_samples(subject, *parts, names, batch_size, run_teacher=False)
     else:
         _check_samples(
-            distiller,
+            subject,
             validation,
             None,
             None,
@@ -105,7 +133,7 @@ def check_fit(distiller, arguments: dict) -> None:
 # ---------------------------------------------------------------------------
 
 
-def _check_samples(distiller, x, y, weights, names, batch_size, run_teacher=True):
+def _check_samples(subject, x, y, weights, names, batch_size, run_teacher=True):
     """Checks one set of samples given as `fit` takes them."""
     if x is None:
         return
@@ -113,8 +141,8 @@ def _check_samples(distiller, x, y, weights, names, batch_size, run_teacher=True
     stored = None
     if isinstance(x, tf.data.Dataset):
         batch = _first_element(x, names[0])
-        stored = _distillation.cached_outputs(batch)
-        x, y, weights, labelled = _distillation.unpack_batch(batch)
+        stored = batches.cached_outputs(batch)
+        x, y, weights, labelled = batches.unpack_batch(batch)
         if labelled is not None:  # a transfer set: x holds unlabelled rows too
             weights = None
         first = x
@@ -124,7 +152,7 @@ def _check_samples(distiller, x, y, weights, names, batch_size, run_teacher=True
                 f"Argument `{names[0]}` is an empty PyDataset (len 0). Expected "
                 "at least one batch."
             )
-        x, y, weights, labelled = _distillation.unpack_batch(x[0])
+        x, y, weights, labelled = batches.unpack_batch(x[0])
         first = x
     elif _batches.is_stream(x):
         return  # a one-shot iterator: reading it would use up a batch
@@ -138,15 +166,15 @@ def _check_samples(distiller, x, y, weights, names, batch_size, run_teacher=True
             )
         labelled, label_name = None, names[1]
     x = tf.nest.map_structure(_batches.to_numpy, x)
-    _check_inputs(distiller, x, names[0])
+    _check_inputs(subject, x, names[0])
     if labelled is None and y is not None:
         _check_labels(
-            distiller, tf.nest.map_structure(_batches.to_numpy, y), label_name
+            subject, tf.nest.map_structure(_batches.to_numpy, y), label_name
         )
     if stored is not None:
-        _check_stored_outputs(distiller, first, stored, names[0], run_teacher)
+        _check_stored_outputs(subject, first, stored, names[0], run_teacher)
     elif run_teacher:
-        _check_teacher_outputs(distiller, first, names[0])
+        _check_teacher_outputs(subject, first, names[0])
 
 
 def _first_element(dataset, argument):
@@ -195,7 +223,7 @@ def _check_lengths(x, y, weights, names) -> int:
     return next(iter(sizes.values()))
 
 
-def _check_inputs(distiller, x, argument) -> None:
+def _check_inputs(subject, x, argument) -> None:
     """Shapes against the models' inputs; finite values; the pixel range."""
     flat = tf.nest.flatten(x)
     for array in flat:
@@ -209,12 +237,12 @@ def _check_inputs(distiller, x, argument) -> None:
             )
     if len(flat) == 1 and not isinstance(x, dict):
         shape = np.shape(flat[0])
-        models = [("student", distiller.student)]
-        if distiller._teacher_inputs is None:
-            models += [("teacher", t) for t in distiller._teachers]
+        models = [("student", subject.student)]
+        if subject.teacher_inputs is None:
+            models += [("teacher", t) for t in subject.teachers]
         for role, model in models:
             _check_input_shape(model, role, shape, argument)
-    _warn_on_pixel_range(distiller, flat, argument)
+    _warn_on_pixel_range(subject, flat, argument)
 
 
 def _check_input_shape(model, role, shape, argument) -> None:
@@ -234,7 +262,7 @@ def _check_input_shape(model, role, shape, argument) -> None:
         )
 
 
-def _warn_on_pixel_range(distiller, flat, argument) -> None:
+def _warn_on_pixel_range(subject, flat, argument) -> None:
     for array in flat:
         array = np.asarray(array)
         if array.ndim < 3 or array.size == 0 or array.dtype.kind not in "uif":
@@ -244,7 +272,7 @@ def _warn_on_pixel_range(distiller, flat, argument) -> None:
             continue
         if array.dtype.kind == "f" and not np.array_equal(array, np.round(array)):
             continue
-        if _rescales(distiller):
+        if _rescales(subject):
             return
         warnings.warn(
             f"Argument `{argument}` looks like 8-bit images: values in "
@@ -259,12 +287,9 @@ def _warn_on_pixel_range(distiller, flat, argument) -> None:
         return
 
 
-def _rescales(distiller) -> bool:
-    for model in [distiller.student, *distiller._teachers]:
-        for layer in _utils.walk_layers(model):
-            if type(layer).__name__ in _RESCALING_LAYERS:
-                return True
-    return False
+def _rescales(subject) -> bool:
+    models = [subject.student, *subject.teachers]
+    return any(_utils.rescales_inputs(model) for model in models)
 
 
 # ---------------------------------------------------------------------------
@@ -286,10 +311,10 @@ def _ignored_class(loss):
         return None
 
 
-def _check_labels(distiller, y, argument) -> None:
+def _check_labels(subject, y, argument) -> None:
     """Labels against the student's (single) output: class indices in
     range, or one column per class."""
-    outputs = _output_specs(distiller.student)
+    outputs = _output_specs(subject.student)
     if outputs is None or isinstance(y, (dict, list, tuple)):
         return
     y = np.asarray(y)
@@ -309,7 +334,7 @@ def _check_labels(distiller, y, argument) -> None:
             f"shape {out}). Expected one column per class (one-hot) or class "
             f"indices of shape {y.shape[:-1]}."
         )
-    loss = getattr(distiller, "_hard_loss_spec", None)
+    loss = subject.hard_loss
     sparse = y.ndim == len(out) - 1 or (y.ndim == len(out) and y.shape[-1] == 1)
     if not sparse or classes < 2:
         return
@@ -353,16 +378,16 @@ def _output_specs(model):
 # ---------------------------------------------------------------------------
 
 
-def _check_teacher_outputs(distiller, x, argument) -> None:
+def _check_teacher_outputs(subject, x, argument) -> None:
     """The teachers' outputs on the first batch are finite.
 
     Skipped with an `augmentation` (which may change the inputs' shape: the
     teacher sees the augmented view only inside the train step).
     """
-    if not distiller._teachers or distiller.augmentation is not None:
+    if not subject.teachers or subject.augmentation is not None:
         return
-    x = _teaching.route(x, distiller._teacher_inputs, "teacher_inputs")
-    for teacher in distiller._teachers:
+    x = teacher_side.route(x, subject.teacher_inputs, "teacher_inputs")
+    for teacher in subject.teachers:
         outputs = teacher(
             tf.nest.map_structure(tf.convert_to_tensor, x), training=False
         )
@@ -389,7 +414,7 @@ def _check_teacher_outputs(distiller, x, argument) -> None:
 _STORED_ATOL, _STORED_RTOL = 1e-3, 4e-3
 
 
-def _check_stored_outputs(distiller, x, stored, argument, training) -> None:
+def _check_stored_outputs(subject, x, stored, argument, training) -> None:
     """Stored outputs are usable here and are the teacher's on the first batch.
 
     The teacher runs once on the first batch; where an output's stored
@@ -397,17 +422,17 @@ def _check_stored_outputs(distiller, x, stored, argument, training) -> None:
     teacher's logits (a final softmax's as log-probabilities) to float16
     tolerance. Otherwise the cache is of another teacher, or stale.
     """
-    _distillation.refuse_cached_teaching(
-        type(distiller).__name__,
-        distiller._teachers,
-        distiller._features,
-        distiller.augmentation,
-        distiller._mixup,
-        distiller.train_teacher,
+    batches.refuse_cached_teaching(
+        subject.owner,
+        subject.teachers,
+        subject.features,
+        subject.augmentation,
+        subject.mixup,
+        subject.trains_teacher,
         training,
     )
-    teacher = distiller._teachers[0]
-    x = _teaching.route(x, distiller._teacher_inputs, "teacher_inputs")
+    teacher = subject.teachers[0]
+    x = teacher_side.route(x, subject.teacher_inputs, "teacher_inputs")
     live = tf.nest.flatten(
         teacher(tf.nest.map_structure(tf.convert_to_tensor, x), training=False)
     )

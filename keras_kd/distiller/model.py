@@ -1,28 +1,27 @@
 """The `Distiller`: a `keras.Model` that trains a student from a frozen teacher.
 
-Online distillation, where the teacher learns too, is
-`keras_kd.online.OnlineDistiller`; `Distiller(..., train_teacher=True)` builds
-one, so that code and saved files written for the single class still work.
+The class: its arguments, the Keras API (`compile`, `fit`, the train and
+test steps, configuration) and `replace_teacher`. The losses of one step are
+in `steps.py`, the checks in `arguments.py`, `teacher_side.py` and
+`fit_checks.py`. Online distillation, where the teacher learns too, is
+`keras_kd.online.OnlineDistiller`, a subclass.
 """
 
 from __future__ import annotations
 
 import inspect
 
-import numpy as np
-
-from keras_kd import (
-    _distillation,
-    _precision,
-    _teaching,
-    _utils,
-    augment,
-    backend,
-    taps,
-)
+from keras_kd import _precision, _utils, backend, taps
 from keras_kd._utils import output_is_probabilities
 from keras_kd.backend import keras, register_serializable, tf
-from keras_kd.distiller import fit_checks
+from keras_kd.distiller import (
+    arguments,
+    batches,
+    fit_checks,
+    pairing,
+    teacher_side,
+)
+from keras_kd.distiller.config import DistillerConfig
 from keras_kd.distiller.steps import DistillerSteps
 from keras_kd.losses import KLDivergence
 
@@ -32,7 +31,7 @@ _DEFAULT_TEMPERATURE = 1.0
 
 
 @register_serializable
-class Distiller(DistillerSteps, keras.Model):
+class Distiller(DistillerSteps, DistillerConfig, backend.ModelBuildHooks, keras.Model):
     """Trains a student model from a frozen teacher and the hard labels.
 
     A `Distiller` wraps a trained `teacher` and a `student` and behaves like
@@ -84,10 +83,10 @@ class Distiller(DistillerSteps, keras.Model):
             `teacher_weights`), or None.
         student: the `keras.Model` to train; its outputs must have the
             teacher's shapes (but for `class_indices`).
-        train_teacher: online distillation: train the teacher at the same
-            time. `Distiller(..., train_teacher=True)` returns a
-            `keras_kd.online.OnlineDistiller` (a `Distiller`); see it for
-            details.
+        train_teacher: whether the teacher learns too; False for a
+            `Distiller`. Online distillation is `keras_kd.OnlineDistiller`
+            (a subclass); `Distiller(..., train_teacher=True)` raises an
+            error that names it.
         teacher_alpha: with `train_teacher`, the weight of the distillation
             term in the teacher's loss, in [0, 1]; ignored otherwise.
         name: the model's name.
@@ -152,15 +151,6 @@ class Distiller(DistillerSteps, keras.Model):
     # Whether the teacher learns too; `OnlineDistiller` sets it.
     train_teacher = False
 
-    def __new__(cls, *args, **kwargs):
-        if cls is Distiller and _asks_for_online_training(args, kwargs):
-            # Online training lives in keras_kd.online, which builds on this
-            # module; it is imported here, when asked for, not at import time.
-            from keras_kd.online import OnlineDistiller
-
-            return super().__new__(OnlineDistiller, *args, **kwargs)
-        return super().__new__(cls, *args, **kwargs)
-
     def __init__(
         self,
         teacher=None,
@@ -180,41 +170,32 @@ class Distiller(DistillerSteps, keras.Model):
         **kwargs,
     ):
         backend.check_tensorflow_backend("Distiller")
-        train_teacher = _utils.check_bool(train_teacher, "train_teacher")
-        augmentation, mixup = _distillation.check_consistent_teaching(
-            augmentation, mixup, type(self).__name__, self.train_teacher
-        )
-        if train_teacher and not self.train_teacher:
-            raise ValueError(
-                f"{type(self).__name__} cannot train its teacher: "
-                "`train_teacher=True` is online distillation, which "
-                "`keras_kd.online.OnlineDistiller` implements (subclass it). "
-                "Received: train_teacher=True."
-            )
+        owner = type(self).__name__
+        arguments.check_train_teacher(train_teacher, owner, self.train_teacher)
         _utils.check_alpha(teacher_alpha, "teacher_alpha")
-        teachers, teacher_weights = _teaching.check_teachers(teacher, teacher_weights)
-        teacher_dtype = _precision.check_teacher_dtype(
-            teacher_dtype, type(self).__name__, self.train_teacher
+        augmentation, mixup = arguments.check_consistent_teaching(
+            augmentation, mixup, owner, self.train_teacher
         )
-        _utils.check_model(student, "student", allow_none=False)
-        if any(t is student for t in teachers):
-            raise ValueError(
-                "Arguments `teacher` and `student` must be different models. "
-                f"Received the same model for both: {student.name!r}. For "
-                "self-distillation, give the teacher a frozen copy of the "
-                "student (see `keras_kd.callbacks.SelfDistillation`)."
-            )
-        _distillation.check_trainable(student)
-        class_indices = _teaching.check_class_indices(class_indices, teachers, student)
-        features = _teaching.check_features(features)
+        teachers, teacher_weights = teacher_side.check_teachers(
+            teacher, teacher_weights
+        )
+        teacher_dtype = _precision.check_teacher_dtype(
+            teacher_dtype, owner, self.train_teacher
+        )
+        arguments.check_student(student, teachers)
+        class_indices = teacher_side.check_class_indices(
+            class_indices, teachers, student
+        )
+        features = teacher_side.check_features(features)
         if not features:  # with taps, outputs may differ if no loss reads them
-            _teaching.check_teacher_outputs(
-                teachers, student, class_indices, _distillation.check_output_shapes
+            teacher_side.check_teacher_outputs(
+                teachers, student, class_indices, arguments.check_output_shapes
             )
-        keys = _teaching.check_routing(
+        keys = teacher_side.check_routing(
             teacher_inputs, student_inputs, augmentation, mixup
         )
-        _teaching.refuse_online(
+        mask_token_id = teacher_side.check_mask_token_id(mask_token_id)
+        teacher_side.refuse_online(
             self.train_teacher, teachers, features, keys, class_indices, mask_token_id
         )
         super().__init__(name=name, **kwargs)
@@ -223,32 +204,23 @@ class Distiller(DistillerSteps, keras.Model):
         self.augmentation = augmentation
         self._mixup = mixup
         self._teacher_swapped = False
-        object.__setattr__(self, "_teachers", teachers)
         self._teacher_weights = teacher_weights
         self._teacher_inputs, self._student_inputs = keys
         self._class_indices = class_indices
-        self._mask_token_id = _teaching.check_mask_token_id(mask_token_id)
-        for model in teachers:
-            if not self.train_teacher:
-                model.trainable = False
-        # The teachers as they run: lower-precision copies with
-        # `teacher_dtype` (not tracked: `teacher` is what is saved).
-        runners = _precision.teacher_copies(teachers, teacher_dtype)
-        object.__setattr__(self, "_teacher_runners", runners)
+        self._mask_token_id = mask_token_id
         self._teacher_dtype = teacher_dtype
+        self._set_teachers(teachers)
         # The views share the models' layers: not tracked, so that no weight
         # is saved twice. The adapters are the Distiller's own weights.
-        object.__setattr__(
-            self,
-            "_features",
-            taps.Features(features, student, runners.models) if features else None,
-        )
-        self.adapters = list(self._features.adapters) if features else []
+        taught = self._teacher_runners.models
+        tapped = taps.Features(features, student, taught) if features else None
+        object.__setattr__(self, "_features", tapped)
+        self.adapters = list(tapped.adapters) if features else []
         self._alpha = tf.Variable(0.5, trainable=False, dtype=tf.float32, name="alpha")
         self._distillation_loss = None
         self._distillation_fns = None
         self._has_hard_loss = False
-        self._teacher_probs = _teaching.target_probabilities(teachers, class_indices)
+        self._hard_loss_spec = None  # compile's `loss`, read by fit's checks
         self._student_probs = output_is_probabilities(student)
         self.total_loss_tracker = keras.metrics.Mean(name="loss")
         self.hard_loss_tracker = keras.metrics.Mean(name="hard_loss")
@@ -259,13 +231,27 @@ class Distiller(DistillerSteps, keras.Model):
         if getattr(student, "built", False):
             self.built = True
 
+    def _set_teachers(self, teachers):
+        """Freezes `teachers` (a list) and makes them the ones that run."""
+        for model in teachers:
+            if not self.train_teacher:
+                model.trainable = False
+        # The teachers as they run: lower-precision copies with
+        # `teacher_dtype` (not tracked: `teacher` is what is saved).
+        runners = _precision.teacher_copies(teachers, self._teacher_dtype)
+        object.__setattr__(self, "_teacher_runners", runners)
+        object.__setattr__(self, "_teachers", teachers)
+        self._teacher_probs = teacher_side.target_probabilities(
+            teachers, self._class_indices
+        )
+
     # ------------------------------------------------------------------
     # Keras API
     # ------------------------------------------------------------------
 
     def call(self, inputs, training=None):
         if self._student_inputs is not None and isinstance(inputs, dict):
-            inputs = _teaching.route(inputs, self._student_inputs, "student_inputs")
+            inputs = teacher_side.route(inputs, self._student_inputs, "student_inputs")
         return self.student(inputs, training=training)
 
     @property
@@ -341,7 +327,7 @@ class Distiller(DistillerSteps, keras.Model):
                 `weighted_metrics`, `jit_compile`, `steps_per_execution`...).
         """
         alpha = _utils.check_alpha(alpha)
-        _distillation.check_hard_loss(loss)
+        arguments.check_hard_loss(loss)
         if loss is None and (self.teacher is None or alpha < 1.0):
             teacher = "None" if self.teacher is None else repr(self.teacher.name)
             raise ValueError(
@@ -351,7 +337,7 @@ class Distiller(DistillerSteps, keras.Model):
             )
         if distillation_loss is None:
             distillation_loss = KLDivergence(temperature=_DEFAULT_TEMPERATURE)
-        self._distillation_loss = _distillation.check_distillation_loss(
+        self._distillation_loss = arguments.check_distillation_loss(
             distillation_loss, self._output_names()
         )
         self._distillation_fns = None
@@ -359,67 +345,16 @@ class Distiller(DistillerSteps, keras.Model):
         self._has_hard_loss = loss is not None
         self._hard_loss_spec = loss  # read by `fit`'s check of the labels
         super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
-        if getattr(self, "optimizer", None) is not None:
-            _distillation.attach_step_counter(
-                self._distillation_loss, self.optimizer.iterations
-            )
-
-    def get_compile_config(self):
-        config = super().get_compile_config()
-        if not config:
-            return config
-        config = dict(config)
-        config["distillation_loss"] = keras.saving.serialize_keras_object(
-            self._distillation_loss
-        )
-        config["alpha"] = self.alpha
-        return config
-
-    def compile_from_config(self, config):
-        self.compile(**keras.saving.deserialize_keras_object(config))
-        if getattr(self, "optimizer", None) is not None and self.built:
-            self.optimizer.build(self.trainable_variables)
-
-    def get_config(self):
-        # A teacher swapped in by `replace_teacher` is not part of the saved
-        # state (its weights are not saved), so it is not in the config.
-        teacher = None if self._teacher_swapped else self.teacher
-        serialize = keras.saving.serialize_keras_object
-        config = {
-            "name": self.name,
-            "teacher": None if teacher is None else serialize(teacher),
-            "student": serialize(self.student),
-        }
-        # Only when set, so a plain Distiller's config is as keras-kd 0.1's.
-        for key, value in (("augmentation", self.augmentation), ("mixup", self.mixup)):
-            if value is not None:
-                config[key] = serialize(value)
-        if not self._teacher_swapped and isinstance(self.teacher, (list, tuple)):
-            config["teacher"] = [serialize(t) for t in self._teachers]
-        config.update(_teaching.routing_config(self))
-        return config
-
-    @classmethod
-    def from_config(cls, config, custom_objects=None):
-        config = dict(config)
-        deserialize = keras.saving.deserialize_keras_object
-        teacher = config.pop("teacher", None)
-        for key in ("augmentation", "mixup"):
-            if config.get(key) is not None:
-                config[key] = deserialize(config[key])
-        if config.get("features"):
-            config["features"] = [
-                taps.FeatureMatch.from_config(c) for c in config["features"]
-            ]
-        if isinstance(teacher, list):
-            teacher = [deserialize(t) for t in teacher]
-        elif teacher is not None:
-            teacher = deserialize(teacher)
-        return cls(
-            teacher=teacher,
-            student=deserialize(config.pop("student")),
-            **config,
-        )
+        if getattr(self, "optimizer", None) is None:
+            return
+        scaled = keras.mixed_precision.LossScaleOptimizer
+        # Keras wraps the optimizer for the Distiller's own policy only: a
+        # student computing in float16 needs its loss scaled too.
+        if _utils.computes_in_float16(self.student) and not isinstance(
+            self.optimizer, scaled
+        ):
+            self.optimizer = scaled(self.optimizer)
+        pairing.attach_step_counter(self._distillation_loss, self.optimizer.iterations)
 
     @property
     def loss_trackers(self):
@@ -468,67 +403,27 @@ class Distiller(DistillerSteps, keras.Model):
                 training starts.
         """
         bound = inspect.signature(super().fit).bind(*args, **kwargs)
-        fit_checks.check_fit(self, bound.arguments)
+        subject = fit_checks.FitSubject(
+            owner=type(self).__name__,
+            student=self.student,
+            teachers=tuple(self._teachers),
+            teacher_inputs=self._teacher_inputs,
+            hard_loss=self._hard_loss_spec,
+            augmentation=self.augmentation,
+            mixup=self._mixup,
+            features=self._features,
+            trains_teacher=self.train_teacher,
+        )
+        fit_checks.check_fit(subject, bound.arguments)
         return super().fit(*args, **kwargs)
 
-    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        # Keras 3 reads the first batch of a multi-worker strategy with a
-        # `strategy.reduce` that fails on `(x, y)`: read this worker's share.
-        strategy = self.distribute_strategy
-        if iterator is not None and backend.is_multi_worker(strategy):
-            data_batch = backend.first_local_batch(strategy, iterator)
-            iterator = None
-        return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
-
-    def _symbolic_build(self, *args, **kwargs):
+    def symbolic_build_batch(self, batch):
         # Keras 3, under a tf.distribute strategy, builds the compiled metrics
         # from one batch read as `(x, y, sample_weight)` before the first
         # step: a `TeacherBatch` (four fields) is handed over as that.
-        batch = kwargs.get("data_batch")
-        if batch is not None and _distillation.cached_outputs(batch) is not None:
-            kwargs["data_batch"] = _distillation.unpack_batch(batch)[:3]
-        return super()._symbolic_build(*args, **kwargs)
-
-    def make_train_function(self, force=False):
-        self._teacher_runners.sync()  # a lower-precision teacher's copy
-        return super().make_train_function(force=force)
-
-    def make_test_function(self, force=False):
-        self._teacher_runners.sync()
-        return super().make_test_function(force=force)
-
-    def train_step(self, data):
-        stored = self._stored_teaching(data, training=True)
-        x, y, sample_weight, labelled = _distillation.unpack_batch(data)
-        x, mix = augment.transform_batch(
-            x, self.augmentation, self._mixup, self.optimizer.iterations, labelled
-        )
-        teaching = self._teacher_forward(x) if stored is None else stored
-        with tf.GradientTape() as tape:
-            y_pred, features = self._student_forward(x, training=True)
-            loss = self._step_loss(
-                x, y, y_pred, teaching, sample_weight, labelled, mix, features
-            )
-        backend.minimize(self.optimizer, loss, self.trainable_variables, tape)
-        rows = _distillation.labelled_rows(y_pred, labelled)
-        logs = self.compute_metrics(x, y, rows, sample_weight)
-        return backend.multi_worker_step_logs(self.distribute_strategy, logs)
-
-    def test_step(self, data):
-        stored = self._stored_teaching(data, training=False)
-        x, y, sample_weight, labelled = _distillation.unpack_batch(data)
-        teaching = self._teacher_forward(x) if stored is None else stored
-        y_pred, features = self._student_forward(x, training=False)
-        self._step_loss(x, y, y_pred, teaching, sample_weight, labelled, None, features)
-        rows = _distillation.labelled_rows(y_pred, labelled)
-        logs = self.compute_metrics(x, y, rows, sample_weight)
-        return backend.multi_worker_step_logs(self.distribute_strategy, logs)
-
-    def compute_metrics(self, x, y, y_pred, sample_weight=None):
-        """Updates the compiled metrics (when there are labels); returns logs."""
-        if y is None:  # distillation alone: nothing to score the student on
-            return {m.name: m.result() for m in self.loss_trackers}
-        return super().compute_metrics(x, y, y_pred, sample_weight)
+        if batches.cached_outputs(batch) is not None:
+            return batches.unpack_batch(batch)[:3]
+        return batch
 
     def replace_teacher(self, teacher):
         """Swaps in a new frozen teacher, e.g. between generations.
@@ -556,30 +451,23 @@ class Distiller(DistillerSteps, keras.Model):
         distiller.fit(x, y, epochs=5)
         ```
         """
-        teachers, _ = _teaching.check_teachers(teacher, self._teacher_weights)
+        teachers, _ = teacher_side.check_teachers(teacher, self._teacher_weights)
         if any(t is self.student for t in teachers):
             raise ValueError(
                 "The new teacher must not be the student itself; give it a frozen copy."
             )
         if self._features is None:
-            _teaching.check_teacher_outputs(
+            teacher_side.check_teacher_outputs(
                 teachers,
                 self.student,
                 self._class_indices,
-                _distillation.check_output_shapes,
+                arguments.check_output_shapes,
             )
-        for model in teachers:
-            model.trainable = False
-        runners = _precision.teacher_copies(teachers, self._teacher_dtype)
+        self._set_teachers(teachers)
         if self._features is not None and teachers:
-            self._features.set_teachers(runners.models)
-        object.__setattr__(self, "_teacher_runners", runners)
+            self._features.set_teachers(self._teacher_runners.models)
         object.__setattr__(self, "teacher", teacher)
-        object.__setattr__(self, "_teachers", teachers)
         self._teacher_swapped = True
-        self._teacher_probs = _teaching.target_probabilities(
-            teachers, self._class_indices
-        )
         self._distillation_fns = None
         self.train_function = None
         self.test_function = None
@@ -587,12 +475,6 @@ class Distiller(DistillerSteps, keras.Model):
         if getattr(self, "optimizer", None) is not None:
             self.make_train_function(force=True)
             self.make_test_function(force=True)
-
-
-def _asks_for_online_training(args, kwargs) -> bool:
-    """Whether `Distiller(*args, **kwargs)` has `train_teacher=True`."""
-    value = kwargs.get("train_teacher", args[2] if len(args) > 2 else False)
-    return isinstance(value, (bool, np.bool_)) and bool(value)
 
 
 __all__ = ["Distiller", "output_is_probabilities"]

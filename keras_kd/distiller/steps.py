@@ -1,16 +1,18 @@
-"""The losses of one `Distiller` step: hard, distillation, features, total.
+"""The steps of a `Distiller`: train, test and predict, and their losses.
 
 A mixin of `keras_kd.Distiller` (kept apart so that each file holds one
 concept): how each model runs once per step and how the student's loss is
-put together from the hard labels, the soft targets and the feature taps.
+put together from the hard labels, the soft targets and the feature taps
+(hard, distillation, features, total).
 """
 
 from __future__ import annotations
 
 import threading
 
-from keras_kd import _distillation, _precision, _teaching, _utils, augment, backend
+from keras_kd import _precision, _utils, augment, backend
 from keras_kd.backend import tf
+from keras_kd.distiller import arguments, batches, pairing, teacher_side
 
 
 class DistillerSteps:
@@ -23,6 +25,52 @@ class DistillerSteps:
         thread (a thread-local flag: `MirroredStrategy` traces each replica's
         step in its own thread)."""
         return getattr(_TRACING, "stored", False)
+
+    def make_train_function(self, force=False):
+        self._teacher_runners.sync()  # a lower-precision teacher's copy
+        return super().make_train_function(force=force)
+
+    def make_test_function(self, force=False):
+        self._teacher_runners.sync()
+        return super().make_test_function(force=force)
+
+    def train_step(self, data):
+        stored = self._stored_teaching(data, training=True)
+        x, y, sample_weight, labelled = batches.unpack_batch(data)
+        x, mix = augment.transform_batch(
+            x, self.augmentation, self._mixup, self.optimizer.iterations, labelled
+        )
+        teaching = self._teacher_forward(x) if stored is None else stored
+        with tf.GradientTape() as tape:
+            y_pred, features = self._student_forward(x, training=True)
+            loss = self._step_loss(
+                x, y, y_pred, teaching, sample_weight, labelled, mix, features
+            )
+        backend.minimize(self.optimizer, loss, self.trainable_variables, tape)
+        rows = batches.labelled_rows(y_pred, labelled)
+        logs = self.compute_metrics(x, y, rows, sample_weight)
+        return backend.multi_worker_step_logs(self.distribute_strategy, logs)
+
+    def test_step(self, data):
+        stored = self._stored_teaching(data, training=False)
+        x, y, sample_weight, labelled = batches.unpack_batch(data)
+        teaching = self._teacher_forward(x) if stored is None else stored
+        y_pred, features = self._student_forward(x, training=False)
+        self._step_loss(x, y, y_pred, teaching, sample_weight, labelled, None, features)
+        rows = batches.labelled_rows(y_pred, labelled)
+        logs = self.compute_metrics(x, y, rows, sample_weight)
+        return backend.multi_worker_step_logs(self.distribute_strategy, logs)
+
+    def predict_step(self, data):
+        # A `TeacherBatch` (stored teacher outputs) predicts from its inputs.
+        x = batches.unpack_batch(data)[0]
+        return self(x, training=False)
+
+    def compute_metrics(self, x, y, y_pred, sample_weight=None):
+        """Updates the compiled metrics (when there are labels); returns logs."""
+        if y is None:  # distillation alone: nothing to score the student on
+            return {m.name: m.result() for m in self.loss_trackers}
+        return super().compute_metrics(x, y, y_pred, sample_weight)
 
     def compute_hard_loss(self, y, y_pred, sample_weight=None):
         """The loss given to `compile` between the labels and `y_pred`.
@@ -78,11 +126,11 @@ class DistillerSteps:
         if reverse:
             teacher, student = student, teacher
         per_output = None
-        if _distillation.needs_labels(fns):
-            per_output = _distillation.labels_per_output(
+        if pairing.needs_labels(fns):
+            per_output = pairing.labels_per_output(
                 labels, student_output, self._output_names()
             )
-        return _distillation.distillation_term(
+        return pairing.distillation_term(
             fns,
             teacher[0],
             student[0],
@@ -123,7 +171,7 @@ class DistillerSteps:
             A float32 scalar, scaled per replica under `tf.distribute` as
             Keras scales losses.
         """
-        _distillation.check_trainable(self.student)
+        arguments.check_trainable(self.student)
         hard = hard_loss
         if hard is None:
             hard = self.compute_hard_loss(y, y_pred, sample_weight)
@@ -159,7 +207,7 @@ class DistillerSteps:
 
     def _resolve_distillation_fns(self, y_pred):
         if self._distillation_fns is None:
-            self._distillation_fns = _distillation.losses_per_output(
+            self._distillation_fns = pairing.losses_per_output(
                 self._distillation_loss, y_pred, self._output_names()
             )
         return self._distillation_fns
@@ -170,7 +218,7 @@ class DistillerSteps:
         """The total loss of a step, with mixup, labelled rows and taps handled.
 
         Per-token sample weights (a padding mask) are rescaled so that every
-        term is the weighted mean over the real tokens (`_distillation.
+        term is the weighted mean over the real tokens (`batches.
         per_token_mean`), not over the padded length. `teaching` from
         `_stored_teaching` holds stored outputs, which are logits.
         """
@@ -189,19 +237,19 @@ class DistillerSteps:
         teacher_output, feature_loss = None, None
         taught = sample_weight  # the weights of the distillation and feature terms
         if self._mask_token_id is not None:  # MLM: the masked positions only
-            tokens = _teaching.route(x, self._student_inputs, "student_inputs")
-            taught = _teaching.masked_positions(
+            tokens = teacher_side.route(x, self._student_inputs, "student_inputs")
+            taught = batches.masked_positions(
                 tokens, self._mask_token_id, sample_weight
             )
-        taught = _utils.with_token_mask(taught, _distillation.keras_mask(y_pred))
+        taught = _utils.with_token_mask(taught, batches.keras_mask(y_pred))
         if teaching is not None:
             outputs, teacher_features = teaching
             teacher_output = self._soft_targets(outputs, y_pred)
             if self._features is not None:
                 feature_loss = self._features.term(teacher_features, features, taught)
-        sample_weight = _distillation.per_token_mean(sample_weight, y_pred)
-        taught = _distillation.per_token_mean(taught)
-        rows = _distillation.labelled_rows(y_pred, labelled)
+        sample_weight = batches.per_token_mean(sample_weight, y_pred)
+        taught = batches.per_token_mean(taught)
+        rows = batches.labelled_rows(y_pred, labelled)
         if mix is None or y is None:
             hard = self.compute_hard_loss(y, rows, sample_weight)
         else:  # labelled rows are mixed among themselves: perm's first rows
@@ -212,7 +260,7 @@ class DistillerSteps:
             )
         labels = y
         if labelled is not None:  # labels for the losses that require them
-            labels = _distillation.mixed_batch_labels(
+            labels = pairing.mixed_batch_labels(
                 self._resolve_distillation_fns(y_pred),
                 y,
                 teacher_output,
@@ -227,10 +275,10 @@ class DistillerSteps:
     def _stored_teaching(self, data, training):
         """The `teaching` of a batch with stored teacher outputs (skipping the
         teacher), or None for any other batch; refused where unusable."""
-        outputs = _distillation.cached_outputs(data)
+        outputs = batches.cached_outputs(data)
         if outputs is None:
             return None
-        _distillation.refuse_cached_teaching(
+        batches.refuse_cached_teaching(
             type(self).__name__,
             self._teachers,
             self._features,
@@ -245,9 +293,9 @@ class DistillerSteps:
         """Each teacher once: `(outputs per teacher, tapped features)`, or None."""
         if not self._teachers:
             return None
-        x = _teaching.route(x, self._teacher_inputs, "teacher_inputs")
+        x = teacher_side.route(x, self._teacher_inputs, "teacher_inputs")
         views = self._features.teacher_views if self._features is not None else {}
-        outputs, features = _teaching.forward(
+        outputs, features = teacher_side.forward(
             self._teacher_runners.models, views, x, len(self.features)
         )
         if self._teacher_dtype is None:
@@ -257,7 +305,7 @@ class DistillerSteps:
 
     def _student_forward(self, x, training):
         """The student once: `(outputs, tapped features or None)`."""
-        x = _teaching.route(x, self._student_inputs, "student_inputs")
+        x = teacher_side.route(x, self._student_inputs, "student_inputs")
         if self._features is None:
             return self.student(x, training=training), None
         output, features = self._features.student_view(x, training=training)
@@ -274,7 +322,7 @@ class DistillerSteps:
             probs = [None]
         probs = [p or [False] * len(tf.nest.flatten(o)) for p, o in zip(probs, outputs)]
         flat = [tf.nest.flatten(o) for o in outputs]
-        targets = _teaching.combine(
+        targets = teacher_side.combine(
             flat, probs, self._teacher_weights, self._class_indices, fns
         )
         return targets[0] if len(targets) == 1 else targets

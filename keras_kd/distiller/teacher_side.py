@@ -1,6 +1,8 @@
 """Who teaches and what they see: several teachers, class subsets, inputs.
 
-The `Distiller`'s teacher side, kept out of its module:
+The `Distiller`'s teacher side: its checks, the routing of inputs, each
+teacher's forward pass and the soft targets of several teachers. Everything
+here takes what it needs as arguments; nothing reads the Distiller's state.
 
 - **several teachers** (`teacher=[t1, t2]`, `teacher_weights=`): the soft
   targets are the weighted average of the teachers' *probabilities* at the
@@ -230,35 +232,6 @@ def check_mask_token_id(value):
     return _utils.check_int(value, "mask_token_id", 0, "the [MASK] token's id")
 
 
-def masked_positions(tokens, mask_token_id, sample_weight):
-    """Per-token weights of the positions holding `mask_token_id` (MLM).
-
-    Args:
-        tokens: the student's input token ids, `(batch, time)`.
-        mask_token_id: the id of the mask token.
-        sample_weight: None, or weights per example or per token; they
-            multiply the positions.
-
-    Returns:
-        float32 weights of shape `(batch, time)`.
-    """
-    tokens = tf.convert_to_tensor(tokens)
-    if tokens.shape.rank != 2 or not tokens.dtype.is_integer:
-        raise ValueError(
-            "Argument `mask_token_id` restricts distillation to the positions "
-            "of the mask token in the student's inputs, which must be integer "
-            f"token ids of shape (batch, time). Received inputs of shape "
-            f"{tuple(tokens.shape)} and dtype {tokens.dtype.name}."
-        )
-    positions = tf.cast(tf.equal(tokens, mask_token_id), tf.float32)
-    if sample_weight is None:
-        return positions
-    weights = tf.cast(tf.nest.flatten(sample_weight)[0], tf.float32)
-    if weights.shape.rank == 1:
-        weights = weights[:, None]
-    return positions * weights
-
-
 def check_routing(teacher_inputs, student_inputs, augmentation, mixup):
     """`(teacher_inputs, student_inputs)` checked; refused with augmentation."""
     keys = (
@@ -320,22 +293,19 @@ def refuse_online(
         )
 
 
-def routing_config(distiller) -> dict:
-    """The config entries of the options above, only those that are set."""
+def routing_config(features, **values) -> dict:
+    """The config entries of the options above, only those that are set.
+
+    Args:
+        features: the Distiller's `taps.Features`, or None.
+        **values: the options by name (`teacher_weights`, `teacher_inputs`,
+            `student_inputs`, `class_indices`, `mask_token_id`,
+            `teacher_dtype`).
+    """
     config = {}
-    if distiller._features is not None:
-        config["features"] = distiller._features.resolved_matches()
-    for key in (
-        "teacher_weights",
-        "teacher_inputs",
-        "student_inputs",
-        "class_indices",
-        "mask_token_id",
-        "teacher_dtype",
-    ):
-        value = getattr(distiller, f"_{key}")
-        if value is not None:
-            config[key] = value
+    if features is not None:
+        config["features"] = features.resolved_matches()
+    config.update({key: value for key, value in values.items() if value is not None})
     return config
 
 
