@@ -45,9 +45,10 @@ try:
     )
     from keras_kd.chain import ChainResult, distill_chain
     from keras_kd.distiller import Distiller
-    from keras_kd.online import MutualLearning, OnlineDistiller
+    from keras_kd.mutual import MutualLearning
+    from keras_kd.online import OnlineDistiller
     from keras_kd.taps import FeatureMatch
-    from keras_kd.tune import TuneResult, tune
+    from keras_kd.tune import TuneBudget, TuneResult, tune
 finally:
     if _COMMAND:
         _os.dup2(_saved_stderr, 2)
@@ -73,6 +74,7 @@ __all__ = [
     "optimize",
     "report",
     "taps",
+    "TuneBudget",
     "TuneResult",
     "distill_chain",
     "tune",

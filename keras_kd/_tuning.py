@@ -1,20 +1,24 @@
-"""The machinery of `keras_kd.tune`: its search space, the keras-tuner pieces.
+"""The machinery of `keras_kd.tune`: its search space, trials, keras-tuner.
 
-The search space and its checks, a keras-tuner `BaseTuner` whose trials
-`keras_kd.tune` runs itself (keras-tuner never sees a Keras model, so both
-Keras flavours work), the `HyperModel` that declares the space, and the
-trial weights a promoted Hyperband trial continues from. Users import
-nothing from here.
+The search space and its checks; `Search`, which trains the baseline and
+each trial and keeps their records and the best student; a keras-tuner
+`BaseTuner` whose trials `Search` runs (keras-tuner never sees a Keras
+model, so both Keras flavours work), the `HyperModel` that declares the
+space, and the trial weights a promoted Hyperband trial continues from.
+Users import nothing from here.
 """
 
 from __future__ import annotations
 
 import inspect
+import math
 import os
 
 import numpy as np
 
-from keras_kd import _utils
+from keras_kd import _utils, augment
+from keras_kd.backend import keras
+from keras_kd.chain import copy_loss, fresh_metrics
 from keras_kd.distiller import Distiller
 from keras_kd.losses import DIST, DecoupledKD, KLDivergence
 
@@ -42,6 +46,169 @@ def distiller_supports_mixup() -> bool:
     return "mixup" in inspect.signature(Distiller.__init__).parameters
 
 
+# ---------------------------------------------------------------------------
+# The search: trials, their records and the best student so far
+# ---------------------------------------------------------------------------
+
+
+class Search:
+    """Trains the trials and keeps their records and the best student.
+
+    Made by `keras_kd.tune` from its arguments, checked: `train_kwargs` and
+    `validation` as `fit` takes them, `make_optimizer` a function returning
+    a new optimizer, `space` the checked search space.
+    """
+
+    def __init__(
+        self,
+        *,
+        teacher,
+        student_fn,
+        train_kwargs: dict,
+        validation,
+        loss,
+        make_optimizer,
+        metrics,
+        monitor: str,
+        mode: str,
+        space: dict,
+        mixup_alpha: float,
+        seed: int | None,
+        verbose: int,
+    ):
+        self.teacher, self.student_fn = teacher, student_fn
+        self.train_kwargs, self.validation = train_kwargs, validation
+        self.loss, self.make_optimizer, self.metrics = loss, make_optimizer, metrics
+        self.monitor, self.mode, self.space = monitor, mode, space
+        self.mixup_alpha, self.seed, self.verbose = mixup_alpha, seed, verbose
+        self.records = []
+        self.best = None  # (record, student)
+        self.error = None
+        self._students = []
+        self.takes_hp = takes_hp(self.student_fn)
+
+    def new_student(self, hp):
+        if self.seed is not None:
+            keras.utils.set_random_seed(self.seed)
+        student = self.student_fn(hp) if self.takes_hp else self.student_fn()
+        _utils.check_model(student, "student_fn()")
+        if student is self.teacher or any(student is s for s in self._students):
+            raise ValueError(
+                "Argument `student_fn` must return a new model each call (each "
+                "trial trains its own). It returned "
+                f"{'the teacher' if student is self.teacher else 'a model twice'}: "
+                f"{student.name!r}."
+            )
+        self._students.append(student)
+        self._students = self._students[-2:]  # enough to catch a repeat
+        return student
+
+    def baseline(self, epochs):
+        import keras_tuner
+
+        hp = keras_tuner.HyperParameters()
+        student = self.new_student(hp)
+        values = {"alpha": 0.0, "mixup": False, "objective": None}
+        score = self.train(student, None, values, 0, epochs)
+        self.add("baseline", values, 0, epochs, score, student, hp.values, True)
+
+    def train(self, student, teacher, values, initial_epoch, epochs):
+        """Trains `student` (from `teacher` with `values`); returns its score."""
+        kwargs = {}
+        if values["mixup"]:
+            kwargs["mixup"] = (
+                augment.mixup(self.mixup_alpha, seed=self.seed)
+                if hasattr(augment, "mixup")
+                else self.mixup_alpha
+            )
+        distiller = Distiller(teacher=teacher, student=student, **kwargs)
+        compile_kwargs = {}
+        if teacher is not None:
+            compile_kwargs = {
+                "distillation_loss": OBJECTIVES[values["objective"]](
+                    values["temperature"]
+                ),
+                "alpha": values["alpha"],
+            }
+        distiller.compile(
+            optimizer=self.make_optimizer(),
+            loss=copy_loss(self.loss),
+            metrics=fresh_metrics(self.metrics),
+            **compile_kwargs,
+        )
+        if self.seed is not None:
+            keras.utils.set_random_seed(self.seed)
+        history = distiller.fit(
+            **self.train_kwargs,
+            validation_data=self.validation,
+            epochs=epochs,
+            initial_epoch=initial_epoch,
+            shuffle="y" in self.train_kwargs,  # a dataset comes shuffled, or not
+            verbose=2 if self.verbose >= 2 else 0,
+        )
+        if self.monitor not in history.history:
+            raise ValueError(
+                f"Argument `monitor` names a value that training does not "
+                f"log. Received: monitor={self.monitor!r}. Logged: "
+                f"{sorted(k for k in history.history if k.startswith('val_'))}."
+            )
+        return float(history.history[self.monitor][-1])
+
+    def run_trial(self, trial, tuner):
+        hp = trial.hyperparameters
+        values = dict(hp.values)
+        student = self.new_student(hp)
+        parent = values.get("tuner/trial_id")
+        if parent is not None:
+            load_weights(student, tuner.get_trial_dir(parent))
+        initial, epochs = values["tuner/initial_epoch"], values["tuner/epochs"]
+        score = self.train(student, self.teacher, values, initial, epochs)
+        save_weights(student, tuner.get_trial_dir(trial.trial_id))
+        student_hp = {
+            k: v
+            for k, v in values.items()
+            if not k.startswith("tuner/") and k not in KD_KEYS
+        }
+        self.add(trial.trial_id, values, initial, epochs, score, student, student_hp)
+        if math.isnan(score):
+            return -math.inf if self.mode == "max" else math.inf
+        return score
+
+    def add(self, trial_id, values, initial, epochs, score, student, hp, base=False):
+        record = {
+            "trial_id": trial_id,
+            "is_baseline": base,
+            "objective": values["objective"],
+            "temperature": values.get("temperature") if not base else None,
+            "alpha": float(values["alpha"]),
+            "mixup": bool(values["mixup"]),
+            "epochs": int(epochs),
+            "initial_epoch": int(initial),
+            "score": score,
+            "hyperparameters": dict(hp),
+            "selected": False,
+        }
+        self.records.append(record)
+        if self.best is None or self._better(score, self.best[0]["score"]):
+            self.best = (record, student)  # the baseline wins ties
+        if self.verbose:
+            shown = {k: record[k] for k in ("objective", "temperature", "alpha")}
+            print(
+                f"tune: trial {trial_id} {shown} mixup={record['mixup']} "
+                f"epochs={epochs}: {self.monitor}={score:.4f}"
+            )
+
+    def _better(self, score, best):
+        if math.isnan(score):
+            return False
+        return score > best if self.mode == "max" else score < best
+
+
+# ---------------------------------------------------------------------------
+# keras-tuner's pieces
+# ---------------------------------------------------------------------------
+
+
 def tuner_class(keras_tuner):
     """A keras-tuner `BaseTuner` whose trials a `tune` search object runs.
 
@@ -50,7 +217,7 @@ def tuner_class(keras_tuner):
     """
 
     class DistillationTuner(keras_tuner.engine.base_tuner.BaseTuner):
-        """Runs each trial with `_Search.run_trial`; Keras models stay ours."""
+        """Runs each trial with `Search.run_trial`; Keras models stay ours."""
 
         def __init__(self, search, **kwargs):
             self.kd_search = search

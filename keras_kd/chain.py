@@ -171,62 +171,99 @@ def distill_chain(
     ```
     """
     models = _check_models(models)
-    stages = len(models) - 1
-    epochs = per_stage(epochs, "epochs", stages, _check_epochs)
-    alpha = per_stage(alpha, "alpha", stages, _check_optional_alpha)
-    loss = per_stage(loss, "loss", stages, None)
-    distillation_loss = per_stage(distillation_loss, "distillation_loss", stages, None)
-    make_optimizer = optimizer_factory(optimizer)
-    fresh_metrics(metrics)  # checked now, copied per stage below
-    fit_kwargs = fit_arguments(train_data, "train_data", batch_size)
-    validation = None
-    if validation_data is not None:
-        validation = fit_arguments(validation_data, "validation_data", batch_size)
-    verbose = _utils.check_int(verbose, "verbose", minimum=0)
-    if seed is not None:
-        seed = _utils.check_int(seed, "seed", minimum=0)
-
-    results = []
+    n_stages = len(models) - 1
+    plan = _StagePlan(  # every check before the first stage trains
+        models=models,
+        epochs=per_stage(epochs, "epochs", n_stages, _check_epochs),
+        alpha=per_stage(alpha, "alpha", n_stages, _check_optional_alpha),
+        loss=per_stage(loss, "loss", n_stages, None),
+        distillation_loss=per_stage(
+            distillation_loss, "distillation_loss", n_stages, None
+        ),
+        make_optimizer=optimizer_factory(optimizer),
+        metrics=_check_metrics(metrics),  # copied per stage
+        fit_kwargs=fit_arguments(train_data, "train_data", batch_size),
+        validation=None
+        if validation_data is None
+        else fit_arguments(validation_data, "validation_data", batch_size),
+        callbacks=callbacks,
+        verbose=_utils.check_int(verbose, "verbose", minimum=0),
+        seed=None if seed is None else _utils.check_int(seed, "seed", minimum=0),
+    )
+    stages = []
     for i in range(1, len(models)):
-        teacher, student = models[i - 1], models[i]
-        if seed is not None:
-            keras.utils.set_random_seed(seed)
-        distiller = Distiller(teacher=teacher, student=student)
-        compile_kwargs = {}
-        if distillation_loss[i - 1] is not None:
-            compile_kwargs["distillation_loss"] = copy_loss(distillation_loss[i - 1])
-        if alpha[i - 1] is not None:
-            compile_kwargs["alpha"] = alpha[i - 1]
-        distiller.compile(
-            optimizer=make_optimizer(),
-            loss=copy_loss(loss[i - 1]),
-            metrics=fresh_metrics(metrics),
-            **compile_kwargs,
-        )
-        history = distiller.fit(
-            **fit_kwargs,
-            epochs=epochs[i - 1],
-            validation_data=validation_for_fit(validation),
-            callbacks=None if callbacks is None else list(callbacks),
-            shuffle="y" in fit_kwargs,  # a dataset comes shuffled, or not
-            verbose=2 if verbose >= 2 else 0,
-        )
-        if validation is None:
-            figures = {k: float(v[-1]) for k, v in history.history.items()}
-        else:
-            figures = distiller.evaluate(**validation, verbose=0, return_dict=True)
-            figures = {k: float(v) for k, v in figures.items()}
+        stage = _train_stage(plan, i)
         if i < len(models) - 1:
-            student.trainable = False  # the next stage's frozen teacher
-        stage = ChainStage(
-            i, teacher, student, history, figures, epochs[i - 1], alpha[i - 1]
-        )
-        results.append(stage)
-        if verbose:
-            shown = ", ".join(f"{k}={v:.4f}" for k, v in figures.items())
-            pair = f"{teacher.name} -> {student.name}"
-            print(f"distill_chain: stage {i} ({pair}): {shown}")
-    return ChainResult(stages=results, models=list(models))
+            stage.student.trainable = False  # the next stage's frozen teacher
+        stages.append(stage)
+        if plan.verbose:
+            _print_stage(stage)
+    return ChainResult(stages=stages, models=list(models))
+
+
+# ---------------------------------------------------------------------------
+# The stages: what each one trains with, and one stage's training
+# ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class _StagePlan:
+    """`distill_chain`'s arguments, checked: one value per stage where a
+    stage may differ, and `fit`'s data arguments."""
+
+    models: list
+    epochs: list
+    alpha: list
+    loss: list
+    distillation_loss: list
+    make_optimizer: Callable
+    metrics: object
+    fit_kwargs: dict
+    validation: dict | None
+    callbacks: object
+    seed: int | None
+    verbose: int
+
+
+def _train_stage(plan: _StagePlan, i: int) -> ChainStage:
+    """Stage `i` (from 1): trains `models[i]` from the frozen `models[i - 1]`."""
+    teacher, student = plan.models[i - 1], plan.models[i]
+    if plan.seed is not None:
+        keras.utils.set_random_seed(plan.seed)
+    distiller = Distiller(teacher=teacher, student=student)
+    compile_kwargs = {}
+    if plan.distillation_loss[i - 1] is not None:
+        compile_kwargs["distillation_loss"] = copy_loss(plan.distillation_loss[i - 1])
+    if plan.alpha[i - 1] is not None:
+        compile_kwargs["alpha"] = plan.alpha[i - 1]
+    distiller.compile(
+        optimizer=plan.make_optimizer(),
+        loss=copy_loss(plan.loss[i - 1]),
+        metrics=fresh_metrics(plan.metrics),
+        **compile_kwargs,
+    )
+    history = distiller.fit(
+        **plan.fit_kwargs,
+        epochs=plan.epochs[i - 1],
+        validation_data=validation_for_fit(plan.validation),
+        callbacks=None if plan.callbacks is None else list(plan.callbacks),
+        shuffle="y" in plan.fit_kwargs,  # a dataset comes shuffled, or not
+        verbose=2 if plan.verbose >= 2 else 0,
+    )
+    if plan.validation is None:
+        figures = {k: float(v[-1]) for k, v in history.history.items()}
+    else:
+        figures = distiller.evaluate(**plan.validation, verbose=0, return_dict=True)
+        figures = {k: float(v) for k, v in figures.items()}
+    return ChainStage(
+        i, teacher, student, history, figures, plan.epochs[i - 1], plan.alpha[i - 1]
+    )
+
+
+def _print_stage(stage: ChainStage) -> None:
+    shown = ", ".join(f"{k}={v:.4f}" for k, v in stage.metrics.items())
+    pair = f"{stage.teacher.name} -> {stage.student.name}"
+    print(f"distill_chain: stage {stage.index} ({pair}): {shown}")
 
 
 # ---------------------------------------------------------------------------
@@ -265,6 +302,11 @@ def _check_epochs(value, argument):
 
 def _check_optional_alpha(value, argument):
     return None if value is None else _utils.check_alpha(value, argument)
+
+
+def _check_metrics(metrics):
+    fresh_metrics(metrics)  # raises for what is not metrics
+    return metrics
 
 
 def per_stage(value, argument: str, stages: int, check) -> list:

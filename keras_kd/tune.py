@@ -11,34 +11,28 @@ Needs keras-tuner: `pip install keras-kd[tune]`.
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import shutil
 import tempfile
 
-from keras_kd import _utils, augment
+from keras_kd import _utils
 from keras_kd._tuning import (
     DEFAULT_SEARCH_SPACE,
-    KD_KEYS,
     OBJECTIVES,
+    Search,
     check_monitor,
     check_space,
     hypermodel_class,
-    load_weights,
-    save_weights,
-    takes_hp,
     tuner_class,
 )
 from keras_kd.backend import keras
 from keras_kd.chain import (
-    copy_loss,
     fit_arguments,
     format_table,
     fresh_metrics,
     optimizer_factory,
     validation_for_fit,
 )
-from keras_kd.distiller import Distiller
 
 
 @dataclasses.dataclass
@@ -97,6 +91,57 @@ class TuneResult:
         return self.table()
 
 
+@dataclasses.dataclass(frozen=True)
+class TuneBudget:
+    """How much training `tune` may spend: Hyperband's budget.
+
+    The baseline trains `max_epochs` epochs. Hyperband (Li et al., JMLR
+    2018) then runs brackets of distilled trials: many for few epochs, the
+    best `1 / factor` of them promoted to `factor` times as many, up to
+    `max_epochs`. One pass over the brackets costs roughly
+    `(s + 1) ** 2 * max_epochs` epochs, `s = floor(log_factor(max_epochs))`
+    (Hyperband's own figure); `hyperband_iterations` repeats it, and
+    `max_trials` caps the number of distilled trials.
+
+    Args:
+        max_epochs: the most epochs one trial trains (the baseline trains
+            this many). Default 9.
+        factor: Hyperband's reduction factor, an int >= 2. Default 3.
+        hyperband_iterations: how many times to run Hyperband's brackets.
+            Default 1.
+        max_trials: if not None (the default), at most this many distilled
+            trials.
+
+    Example:
+
+    ```python
+    from keras_kd.tune import TuneBudget
+
+    result = kd.tune(teacher, student_fn, (x, y), (x_val, y_val), loss=loss,
+                     budget=TuneBudget(max_epochs=27, max_trials=20))
+    ```
+    """
+
+    max_epochs: int = 9
+    factor: int = 3
+    hyperband_iterations: int = 1
+    max_trials: int | None = None
+
+    def __post_init__(self):
+        checked = {
+            "max_epochs": _utils.check_int(self.max_epochs, "max_epochs", minimum=1),
+            "factor": _utils.check_int(self.factor, "factor", minimum=2),
+            "hyperband_iterations": _utils.check_int(
+                self.hyperband_iterations, "hyperband_iterations", minimum=1
+            ),
+            "max_trials": None
+            if self.max_trials is None
+            else _utils.check_int(self.max_trials, "max_trials", minimum=1),
+        }
+        for name, value in checked.items():
+            object.__setattr__(self, name, value)  # frozen: set once, checked
+
+
 def tune(
     teacher,
     student_fn,
@@ -120,6 +165,7 @@ def tune(
     project_name: str = "keras_kd_tune",
     overwrite: bool = False,
     verbose: int = 0,
+    budget: TuneBudget | None = None,
 ) -> TuneResult:
     """Searches distillation settings; never returns worse than no distillation.
 
@@ -168,6 +214,9 @@ def tune(
         hyperband_iterations: how many times to run Hyperband's brackets;
             the budget, with `max_epochs` and `factor`.
         max_trials: if not None, at most this many distilled trials.
+            These four are the search budget; `budget=TuneBudget(...)`
+            says the same in one argument (then leave them at their
+            defaults).
         search_space: a dict overriding `DEFAULT_SEARCH_SPACE`: keys among
             `"objective"`, `"temperature"`, `"alpha"` (in (0, 1]; alpha 0
             is the baseline, always run) and `"mixup"` (booleans), each a
@@ -186,6 +235,8 @@ def tune(
             existing project is an error (resuming is not supported).
         verbose: 0 (silent), 1 (a line per trial) or 2 (also `fit`'s line
             per epoch).
+        budget: None, or a `TuneBudget` holding `max_epochs`, `factor`,
+            `hyperband_iterations` and `max_trials` together.
 
     Returns:
         A `TuneResult`: `student`, `config`, `trials`, `baseline_score` and
@@ -195,6 +246,7 @@ def tune(
 
     ```python
     import keras, keras_kd as kd
+    from keras_kd.tune import TuneBudget
 
     result = kd.tune(
         teacher,
@@ -203,7 +255,7 @@ def tune(
         (x_val, y_val),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         optimizer="adam",
-        max_epochs=9,
+        budget=TuneBudget(max_epochs=9, max_trials=20),  # or max_epochs=9, ...
         seed=0,
     )
     print(result.table())
@@ -211,31 +263,11 @@ def tune(
     result.student.save("student.keras")
     ```
     """
-    try:
-        import keras_tuner
-    except ImportError as e:
-        raise ImportError(
-            "`keras_kd.tune` needs keras-tuner. Install it with "
-            "`pip install keras-kd[tune]` (or `pip install keras-tuner`)."
-        ) from e
-
-    _utils.check_model(teacher, "teacher")
-    if not callable(student_fn) or isinstance(student_fn, keras.Model):
-        raise TypeError(
-            "Argument `student_fn` must be a function returning a new, "
-            "untrained student model (`student_fn()` or `student_fn(hp)`). "
-            f"Received: student_fn={student_fn!r} of type "
-            f"{type(student_fn).__name__}."
-        )
-    if validation_data is None:
-        raise ValueError(
-            "Argument `validation_data` is required: trials are ranked on it. "
-            "Received: validation_data=None. Expected `(x_val, y_val)` or a "
-            "`tf.data.Dataset`."
-        )
+    keras_tuner = _import_keras_tuner()
+    _check_models(teacher, student_fn, validation_data)
     fresh_metrics(metrics)  # checked now, copied per trial
     monitor, mode = check_monitor(monitor, mode)
-    search = _Search(
+    search = Search(
         teacher=teacher,
         student_fn=student_fn,
         train_kwargs=fit_arguments(train_data, "train_data", batch_size),
@@ -254,21 +286,89 @@ def tune(
         seed=None if seed is None else _utils.check_int(seed, "seed", minimum=0),
         verbose=_utils.check_int(verbose, "verbose", minimum=0),
     )
-    max_epochs = _utils.check_int(max_epochs, "max_epochs", minimum=1)
-    factor = _utils.check_int(factor, "factor", minimum=2)
-    hyperband_iterations = _utils.check_int(
-        hyperband_iterations, "hyperband_iterations", minimum=1
+    budget = _budget(
+        budget,
+        max_epochs=max_epochs,
+        factor=factor,
+        hyperband_iterations=hyperband_iterations,
+        max_trials=max_trials,
     )
-    if max_trials is not None:
-        max_trials = _utils.check_int(max_trials, "max_trials", minimum=1)
+    temporary = directory is None
+    directory = _project_directory(directory, project_name, overwrite)
+    try:
+        search.baseline(budget.max_epochs)
+        _search_with_hyperband(keras_tuner, search, budget, directory, project_name)
+    finally:
+        if temporary:
+            shutil.rmtree(directory, ignore_errors=True)
+    return _result(search)
+
+
+# ---------------------------------------------------------------------------
+# The steps of `tune`
+# ---------------------------------------------------------------------------
+
+
+def _import_keras_tuner():
+    try:
+        import keras_tuner
+    except ImportError as e:
+        raise ImportError(
+            "`keras_kd.tune` needs keras-tuner. Install it with "
+            "`pip install keras-kd[tune]` (or `pip install keras-tuner`)."
+        ) from e
+    return keras_tuner
+
+
+def _check_models(teacher, student_fn, validation_data) -> None:
+    _utils.check_model(teacher, "teacher")
+    if not callable(student_fn) or isinstance(student_fn, keras.Model):
+        raise TypeError(
+            "Argument `student_fn` must be a function returning a new, "
+            "untrained student model (`student_fn()` or `student_fn(hp)`). "
+            f"Received: student_fn={student_fn!r} of type "
+            f"{type(student_fn).__name__}."
+        )
+    if validation_data is None:
+        raise ValueError(
+            "Argument `validation_data` is required: trials are ranked on it. "
+            "Received: validation_data=None. Expected `(x_val, y_val)` or a "
+            "`tf.data.Dataset`."
+        )
+
+
+def _budget(budget, **keywords) -> TuneBudget:
+    """The search budget: `budget`, or `tune`'s budget keywords."""
+    if budget is None:
+        return TuneBudget(**keywords)
+    if not isinstance(budget, TuneBudget):
+        raise TypeError(
+            "Argument `budget` must be None or a `keras_kd.tune.TuneBudget`. "
+            f"Received: budget={budget!r} of type {type(budget).__name__}."
+        )
+    defaults = TuneBudget()
+    given = {k: v for k, v in keywords.items() if v != getattr(defaults, k)}
+    if given:
+        shown = ", ".join(f"{k}={v!r}" for k, v in given.items())
+        raise ValueError(
+            "The search budget is given twice: pass either `budget=` or the "
+            "keywords `max_epochs`, `factor`, `hyperband_iterations` and "
+            f"`max_trials`, not both. Received: budget={budget!r}, {shown}."
+        )
+    return budget
+
+
+def _project_directory(directory, project_name, overwrite) -> str:
+    """Where keras-tuner keeps its trials: `directory`, or a new temporary
+    one; refuses an existing project unless `overwrite`."""
     overwrite = _utils.check_bool(overwrite, "overwrite")
     if not isinstance(project_name, str) or not project_name:
         raise TypeError(
             "Argument `project_name` must be a non-empty string. Received: "
             f"project_name={project_name!r}."
         )
-    temporary = directory is None
-    directory = tempfile.mkdtemp(prefix="keras_kd_tune_") if temporary else directory
+    if directory is None:
+        return tempfile.mkdtemp(prefix="keras_kd_tune_")
     project = os.path.join(os.fspath(directory), project_name)
     if os.path.exists(project) and not overwrite:
         raise ValueError(
@@ -277,180 +377,48 @@ def tune(
             f"`directory` / `project_name`. Received: directory={directory!r}, "
             f"project_name={project_name!r}, overwrite=False."
         )
+    return directory
+
+
+def _search_with_hyperband(keras_tuner, search, budget, directory, project_name):
+    """Runs the distilled trials with keras-tuner's `HyperbandOracle`."""
+    oracle = keras_tuner.oracles.HyperbandOracle(
+        objective=keras_tuner.Objective("score", direction=search.mode),
+        max_epochs=budget.max_epochs,
+        factor=budget.factor,
+        hyperband_iterations=budget.hyperband_iterations,
+        # keras-tuner draws a random seed for a false one (0 included).
+        seed=None if search.seed is None else search.seed + 1,
+    )
+    oracle.max_trials = budget.max_trials
+    tuner = tuner_class(keras_tuner)(
+        search,
+        oracle=oracle,
+        hypermodel=hypermodel_class(keras_tuner)(search),
+        directory=directory,
+        project_name=project_name,
+        overwrite=True,
+    )
     try:
-        search.baseline(max_epochs)
-        oracle = keras_tuner.oracles.HyperbandOracle(
-            objective=keras_tuner.Objective("score", direction=search.mode),
-            max_epochs=max_epochs,
-            factor=factor,
-            hyperband_iterations=hyperband_iterations,
-            # keras-tuner draws a random seed for a false one (0 included).
-            seed=None if search.seed is None else search.seed + 1,
-        )
-        oracle.max_trials = max_trials
-        tuner = tuner_class(keras_tuner)(
-            search,
-            oracle=oracle,
-            hypermodel=hypermodel_class(keras_tuner)(search),
-            directory=directory,
-            project_name=project_name,
-            overwrite=True,
-        )
-        try:
-            tuner.search(verbose=0)
-        except keras_tuner.errors.FatalError:
-            if search.error is not None:
-                raise search.error from None
-            raise
-    finally:
-        if temporary:
-            shutil.rmtree(directory, ignore_errors=True)
-    return search.result()
+        tuner.search(verbose=0)
+    except keras_tuner.errors.FatalError:
+        if search.error is not None:
+            raise search.error from None
+        raise
 
 
-# ---------------------------------------------------------------------------
-# The search: trials, their records and the best student so far
-# ---------------------------------------------------------------------------
+def _result(search) -> TuneResult:
+    """The `TuneResult` of a finished search: its best trial selected."""
+    record, student = search.best
+    record["selected"] = True
+    return TuneResult(
+        student=student,
+        config=dict(record),
+        trials=[dict(r) for r in search.records],
+        baseline_score=search.records[0]["score"],
+        monitor=search.monitor,
+        mode=search.mode,
+    )
 
 
-class _Search:
-    """Trains the trials and keeps their records and the best student."""
-
-    def __init__(self, **kwargs):
-        self.__dict__.update(kwargs)
-        self.records = []
-        self.best = None  # (record, student)
-        self.error = None
-        self._students = []
-        self.takes_hp = takes_hp(self.student_fn)
-
-    def new_student(self, hp):
-        if self.seed is not None:
-            keras.utils.set_random_seed(self.seed)
-        student = self.student_fn(hp) if self.takes_hp else self.student_fn()
-        _utils.check_model(student, "student_fn()")
-        if student is self.teacher or any(student is s for s in self._students):
-            raise ValueError(
-                "Argument `student_fn` must return a new model each call (each "
-                "trial trains its own). It returned "
-                f"{'the teacher' if student is self.teacher else 'a model twice'}: "
-                f"{student.name!r}."
-            )
-        self._students.append(student)
-        self._students = self._students[-2:]  # enough to catch a repeat
-        return student
-
-    def baseline(self, epochs):
-        import keras_tuner
-
-        hp = keras_tuner.HyperParameters()
-        student = self.new_student(hp)
-        values = {"alpha": 0.0, "mixup": False, "objective": None}
-        score = self.train(student, None, values, 0, epochs)
-        self.add("baseline", values, 0, epochs, score, student, hp.values, True)
-
-    def train(self, student, teacher, values, initial_epoch, epochs):
-        """Trains `student` (from `teacher` with `values`); returns its score."""
-        kwargs = {}
-        if values["mixup"]:
-            kwargs["mixup"] = (
-                augment.mixup(self.mixup_alpha, seed=self.seed)
-                if hasattr(augment, "mixup")
-                else self.mixup_alpha
-            )
-        distiller = Distiller(teacher=teacher, student=student, **kwargs)
-        compile_kwargs = {}
-        if teacher is not None:
-            compile_kwargs = {
-                "distillation_loss": OBJECTIVES[values["objective"]](
-                    values["temperature"]
-                ),
-                "alpha": values["alpha"],
-            }
-        distiller.compile(
-            optimizer=self.make_optimizer(),
-            loss=copy_loss(self.loss),
-            metrics=fresh_metrics(self.metrics),
-            **compile_kwargs,
-        )
-        if self.seed is not None:
-            keras.utils.set_random_seed(self.seed)
-        history = distiller.fit(
-            **self.train_kwargs,
-            validation_data=self.validation,
-            epochs=epochs,
-            initial_epoch=initial_epoch,
-            shuffle="y" in self.train_kwargs,  # a dataset comes shuffled, or not
-            verbose=2 if self.verbose >= 2 else 0,
-        )
-        if self.monitor not in history.history:
-            raise ValueError(
-                f"Argument `monitor` names a value that training does not "
-                f"log. Received: monitor={self.monitor!r}. Logged: "
-                f"{sorted(k for k in history.history if k.startswith('val_'))}."
-            )
-        return float(history.history[self.monitor][-1])
-
-    def run_trial(self, trial, tuner):
-        hp = trial.hyperparameters
-        values = dict(hp.values)
-        student = self.new_student(hp)
-        parent = values.get("tuner/trial_id")
-        if parent is not None:
-            load_weights(student, tuner.get_trial_dir(parent))
-        initial, epochs = values["tuner/initial_epoch"], values["tuner/epochs"]
-        score = self.train(student, self.teacher, values, initial, epochs)
-        save_weights(student, tuner.get_trial_dir(trial.trial_id))
-        student_hp = {
-            k: v
-            for k, v in values.items()
-            if not k.startswith("tuner/") and k not in KD_KEYS
-        }
-        self.add(trial.trial_id, values, initial, epochs, score, student, student_hp)
-        if math.isnan(score):
-            return -math.inf if self.mode == "max" else math.inf
-        return score
-
-    def add(self, trial_id, values, initial, epochs, score, student, hp, base=False):
-        record = {
-            "trial_id": trial_id,
-            "is_baseline": base,
-            "objective": values["objective"],
-            "temperature": values.get("temperature") if not base else None,
-            "alpha": float(values["alpha"]),
-            "mixup": bool(values["mixup"]),
-            "epochs": int(epochs),
-            "initial_epoch": int(initial),
-            "score": score,
-            "hyperparameters": dict(hp),
-            "selected": False,
-        }
-        self.records.append(record)
-        if self.best is None or self._better(score, self.best[0]["score"]):
-            self.best = (record, student)  # the baseline wins ties
-        if self.verbose:
-            shown = {k: record[k] for k in ("objective", "temperature", "alpha")}
-            print(
-                f"tune: trial {trial_id} {shown} mixup={record['mixup']} "
-                f"epochs={epochs}: {self.monitor}={score:.4f}"
-            )
-
-    def _better(self, score, best):
-        if math.isnan(score):
-            return False
-        return score > best if self.mode == "max" else score < best
-
-    def result(self):
-        record, student = self.best
-        record["selected"] = True
-        return TuneResult(
-            student=student,
-            config=dict(record),
-            trials=[dict(r) for r in self.records],
-            baseline_score=self.records[0]["score"],
-            monitor=self.monitor,
-            mode=self.mode,
-        )
-
-
-__all__ = ["DEFAULT_SEARCH_SPACE", "OBJECTIVES", "TuneResult", "tune"]
+__all__ = ["DEFAULT_SEARCH_SPACE", "OBJECTIVES", "TuneBudget", "TuneResult", "tune"]

@@ -58,8 +58,8 @@ def _agreement(a, b, x):
 
 
 class _Recorder(keras.callbacks.Callback):
-    """Records, per stage, the Distiller's teacher, student and optimizer
-    and the teacher's weights when the stage begins and ends."""
+    """Records, per stage, the Distiller's teacher, student, optimizer and
+    alpha, and the teacher's weights when the stage begins and ends."""
 
     def __init__(self):
         super().__init__()
@@ -72,6 +72,7 @@ class _Recorder(keras.callbacks.Callback):
                 "teacher": d.teacher,
                 "student": d.student,
                 "optimizer": d.optimizer,
+                "alpha": d.alpha,
                 "teacher_begin": [w.copy() for w in d.teacher.get_weights()],
                 "student_begin": [w.copy() for w in d.student.get_weights()],
             }
@@ -148,19 +149,36 @@ def test_each_stage_learns_from_its_own_teacher(chain_run):
     assert _agreement(student, assistant, xv) > _agreement(student, teacher, xv) + 0.3
 
 
-def test_per_stage_epochs_and_metrics(chain_run):
-    result, _, _, _ = chain_run
-    assert [s.epochs for s in result.stages] == [12, 15]
+def _log_softmax(logits):
+    shifted = logits - logits.max(-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+
+
+def test_per_stage_epochs_alpha_and_validation_metrics(chain_run):
+    """Each stage trains its own epochs with its own alpha, and its metrics
+    are its model evaluated on the validation data, recomputed in numpy."""
+    result, recorder, (_, assistant, student), xv = chain_run
+    yv = _classes(xv, 11)
     assert [len(s.history.history["loss"]) for s in result.stages] == [12, 15]
-    assert [s.alpha for s in result.stages] == [0.0, 1.0]
-    for stage in result.stages:
-        assert {"loss", "hard_loss", "distillation_loss", "accuracy"} <= set(
-            stage.metrics
-        )
+    assert [r["alpha"] for r in recorder.stages] == [0.0, 1.0]
+    for stage, model in zip(result.stages, (assistant, student)):
         assert "val_accuracy" in stage.history.history
+        logits = model.predict(xv, verbose=0)  # unchanged since its stage
+        accuracy = float((logits.argmax(-1) == yv).mean())
+        hard = float(-_log_softmax(logits)[np.arange(len(yv)), yv].mean())
+        assert stage.metrics["accuracy"] == pytest.approx(accuracy, abs=1e-6)
+        assert stage.metrics["hard_loss"] == pytest.approx(hard, rel=1e-4)
+    # loss = alpha * distillation + (1 - alpha) * hard, with each stage's alpha
+    first, second = (s.metrics for s in result.stages)
+    assert first["loss"] == pytest.approx(first["hard_loss"], rel=1e-5)
+    assert second["loss"] == pytest.approx(second["distillation_loss"], rel=1e-5)
+    # ... which the two terms, far apart here, tell
+    assert first["distillation_loss"] != pytest.approx(first["loss"], rel=0.2)
+    assert second["hard_loss"] != pytest.approx(second["loss"], rel=0.2)
     lines = result.table().splitlines()
     assert len(lines) == 3 and "accuracy" in lines[0]
     assert lines[1].split()[:3] == ["1", "teacher", "assistant"]
+    assert f"{first['accuracy']:.4f}" in lines[1]
 
 
 def test_each_stage_gets_a_fresh_optimizer(chain_run):
@@ -176,13 +194,21 @@ def test_datasets_defaults_and_one_value_for_every_stage(capsys):
     x = _inputs(64, 1)
     ds = tf.data.Dataset.from_tensor_slices((x, _classes(x, 11))).batch(32)
     models = [_teacher(), _mlp(8, "a1"), _mlp(8, "a2"), _mlp(4, "s")]
+    recorder = _Recorder()
     result = distill_chain(
-        models, ds, epochs=2, loss=_hard_loss(), alpha=0.5, verbose=1
+        models,
+        ds,
+        epochs=2,
+        loss=_hard_loss(),
+        alpha=0.5,
+        callbacks=[recorder],
+        verbose=1,
     )
     printed = capsys.readouterr().out
     assert "stage 3 (a2 -> s)" in printed
-    assert [s.epochs for s in result.stages] == [2, 2, 2]
-    assert [s.alpha for s in result.stages] == [0.5, 0.5, 0.5]
+    assert [len(s.history.history["loss"]) for s in result.stages] == [2, 2, 2]
+    assert [r["alpha"] for r in recorder.stages] == [0.5, 0.5, 0.5]
+    assert [r["student"] for r in recorder.stages] == models[1:]
     # Without validation data the metrics are the last epoch's logs.
     for stage in result.stages:
         assert stage.metrics["loss"] == stage.history.history["loss"][-1]
@@ -200,18 +226,53 @@ def test_optimizer_factory_returning_one_instance_is_refused():
         )
 
 
-def test_optimizer_config_and_factory_are_accepted():
+def _linear_student():
+    student = keras.Sequential(
+        [keras.Input((N_IN,)), keras.layers.Dense(N_OUT)], name="linear"
+    )
+    student.set_weights([_mapping(5), np.linspace(-0.1, 0.1, N_OUT, dtype="float32")])
+    return student
+
+
+def _sgd_step(student, x, y, learning_rate):
+    """One full-batch SGD step on the cross-entropy, in numpy."""
+    kernel, bias = student.get_weights()
+    probs = np.exp(_log_softmax(x @ kernel + bias))
+    error = (probs - np.eye(N_OUT)[y]) / len(y)
+    return [kernel - learning_rate * x.T @ error, bias - learning_rate * error.sum(0)]
+
+
+SGD_0_1 = keras.optimizers.SGD(0.1)
+
+
+@pytest.mark.parametrize(
+    "optimizer, learning_rate",
+    [
+        (keras.optimizers.serialize(keras.optimizers.SGD(0.1)), 0.1),
+        (lambda: keras.optimizers.SGD(0.1), 0.1),
+        (SGD_0_1, 0.1),
+        ("sgd", 0.01),  # Keras's default learning rate
+    ],
+    ids=["config", "factory", "instance", "name"],
+)
+def test_each_optimizer_form_trains_with_its_settings(optimizer, learning_rate):
+    """One stage, alpha=0, one full batch: the student takes exactly one
+    SGD step on the labels with the given learning rate."""
     x = _inputs(32, 1)
-    data = (x, _classes(x, 11))
-    for optimizer in (
-        keras.optimizers.serialize(keras.optimizers.SGD(0.1)),
-        lambda: keras.optimizers.SGD(0.1),
-        "sgd",
-    ):
-        result = distill_chain(
-            [_teacher(), _mlp(4, "s")], data, loss=_hard_loss(), optimizer=optimizer
-        )
-        assert len(result.stages) == 1
+    y = _classes(x, 11)
+    student = _linear_student()
+    expected = _sgd_step(student, x, y, learning_rate)
+    distill_chain(
+        [_teacher(), student],
+        (x, y),
+        loss=_hard_loss(),
+        alpha=0.0,
+        optimizer=optimizer,
+        batch_size=len(x),
+    )
+    for got, want in zip(student.get_weights(), expected):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert int(SGD_0_1.iterations.numpy()) == 0  # an instance is copied, unused
 
 
 X = _inputs(16, 1)

@@ -9,10 +9,11 @@ appear in the table too: teacher and student class counts that differ
 (`Distiller(...)`, also `tests/test_distiller.py`) and an export path in a
 missing directory (`kd.export.to_tflite`, also `tests/test_export.py`).
 
-Apart from the table: the pixel-range warning, generators left unread, and a
-diverging run stopped by `TerminateOnNaN` whose last good checkpoints
-(`ModelCheckpoint(save_best_only=True)` and `kd.callbacks.BackupAndRestore`)
-are intact and load finite weights.
+Apart from the table: a Distiller that still trains after refused calls,
+the pixel-range warning, generators left unread, and a diverging run stopped
+by `TerminateOnNaN` whose last good checkpoints (`ModelCheckpoint(
+save_best_only=True)` and `kd.callbacks.BackupAndRestore`) are intact and
+load finite weights.
 """
 
 import warnings
@@ -266,9 +267,27 @@ def test_bad_input_is_refused_before_training(
         call(tmp_path)
 
 
-def test_there_are_at_least_twenty_cases():
-    assert len(CASES) >= 20
-    assert len({c[0] for c in CASES}) == len(CASES)
+@pytest.mark.parametrize("as_dataset", [False, True], ids=["arrays", "dataset"])
+def test_a_refused_fit_leaves_the_distiller_ready_to_train(as_dataset):
+    """After refused calls the same Distiller trains on good data, and its
+    next bad call is refused again: no check is left marked as done, and
+    nothing built for the bad data gets in the way."""
+
+    def data(x, y):
+        return [dataset(x, y)] if as_dataset else [x, y]
+
+    d = distiller()
+    keras.utils.set_random_seed(0)
+    for x, y in [(X, Y + 3), (X[:, :7], Y), (with_nan(X), Y)]:
+        with pytest.raises(ValueError, match=r"Argument `[xy]`"):
+            fit(*data(x, y), d=d)
+    before = [np.array(w) for w in d.student.get_weights()]
+    history = fit(*data(X, Y), d=d, epochs=2)
+    assert np.all(np.isfinite(history.history["loss"]))
+    after = d.student.get_weights()
+    assert all(not np.array_equal(a, b) for a, b in zip(before, after))
+    with pytest.raises(ValueError, match="out of range"):
+        fit(*data(X, Y + 3), d=d)
 
 
 # ---------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Tests for keras_kd/optimize.py: quantization- and pruning-aware distillation.
+"""Tests for `keras_kd.optimize`: quantization- and pruning-aware distillation.
 
 The tfmot tests run only in the tf_keras flavour (TF_USE_LEGACY_KERAS=1 for
 the whole pytest process); the Keras 3 run checks the errors that explain it.
@@ -13,6 +13,7 @@ import pytest
 
 from conftest import keras3_only, legacy_only, make_mlp
 from keras_kd import backend, export, optimize
+from keras_kd._optimize_pruning import default_frequency
 from keras_kd._utils import output_is_probabilities
 from keras_kd.backend import keras
 from keras_kd.data import load_digits
@@ -418,5 +419,5 @@ def test_prune_rejects_bad_arguments(kwargs, error, message):
 
 def test_default_frequency_lands_on_end_step():
     for span in (1, 7, 63, 100, 1000, 4099):
-        frequency = optimize._default_frequency(span)
+        frequency = default_frequency(span)
         assert span % frequency == 0 and 1 <= frequency <= max(1, min(100, span // 10))

@@ -5,6 +5,8 @@ labels are `argmax(x @ W)`, and the teacher is a linear layer with weights
 `10 * W` (always right) or with its classes rotated (always wrong).
 """
 
+import dataclasses
+import inspect
 import sys
 
 import numpy as np
@@ -14,7 +16,7 @@ from keras_kd.backend import keras, tf
 
 keras_tuner = pytest.importorskip("keras_tuner")
 
-from keras_kd.tune import TuneResult, tune  # noqa: E402
+from keras_kd.tune import TuneBudget, TuneResult, tune  # noqa: E402
 
 SEED = 3
 LR = 0.05
@@ -74,6 +76,8 @@ def _run(teacher, train, val, **kwargs):
         batch_size=64,
         seed=SEED,
     )
+    if "budget" in kwargs:  # the budget in one argument, not the keywords
+        del settings["max_epochs"], settings["factor"]
     settings.update(kwargs)
     return tune(teacher, student_fn, train, val, **settings)
 
@@ -178,16 +182,21 @@ def test_baseline_is_returned_when_the_teacher_is_wrong(capsys):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
-def test_seeded_search_is_reproducible():
+def test_seeded_search_is_reproducible_with_the_budget_in_either_form():
+    """The same seeded search twice, its budget given once as keywords and
+    once as a `TuneBudget`: the same trials, scores and student."""
     x, y = _split(128, 1)
     val = _split(64, 3)
     runs = [
-        _run(_linear_teacher(), (x, y), val, max_trials=3, max_epochs=2)
-        for _ in range(2)
+        _run(_linear_teacher(), (x, y), val, max_trials=3, max_epochs=2),
+        _run(_linear_teacher(), (x, y), val, budget=TuneBudget(2, max_trials=3)),
     ]
     keys = ("trial_id", "objective", "temperature", "alpha", "mixup", "epochs")
     first, second = ([tuple(t[k] for k in keys) for t in r.trials] for r in runs)
     assert first == second
+    # the budget was read: the baseline trains max_epochs=2, not _run's 3
+    assert [t["epochs"] for t in runs[1].trials][:1] == [2]
+    assert max(t["epochs"] for t in runs[1].trials) == 2
     np.testing.assert_allclose(
         [t["score"] for t in runs[0].trials],
         [t["score"] for t in runs[1].trials],
@@ -195,6 +204,12 @@ def test_seeded_search_is_reproducible():
     )
     for a, b in zip(runs[0].student.get_weights(), runs[1].student.get_weights()):
         np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_budget_defaults_are_tunes_defaults():
+    defaults = inspect.signature(tune).parameters
+    for field in dataclasses.fields(TuneBudget):
+        assert getattr(TuneBudget(), field.name) == defaults[field.name].default
 
 
 def test_student_fn_with_hyperparameters():
@@ -268,6 +283,12 @@ DATA = _split(32, 1)
         ({"search_space": {"temperature": [0]}}, ValueError, "temperature"),
         ({"search_space": {"mixup": ["yes"]}}, TypeError, "mixup"),
         ({"mixup_alpha": 0}, ValueError, "`mixup_alpha`"),
+        ({"budget": {"max_epochs": 3}}, TypeError, "`budget`.*TuneBudget"),
+        (
+            {"budget": TuneBudget(max_epochs=3), "max_trials": 2},
+            ValueError,
+            r"budget is given twice.*max_trials=2",
+        ),
     ],
 )
 def test_bad_arguments_are_refused_before_training(kwargs, error, match):
@@ -281,6 +302,20 @@ def test_bad_arguments_are_refused_before_training(kwargs, error, match):
     arguments.update(kwargs)
     with pytest.raises(error, match=match):
         tune(**arguments)
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        ({"max_epochs": 0}, ValueError, r"`max_epochs`.*Received: max_epochs=0"),
+        ({"factor": 1}, ValueError, r"`factor`.*Received: factor=1"),
+        ({"hyperband_iterations": 0}, ValueError, "`hyperband_iterations`"),
+        ({"max_trials": 2.5}, TypeError, r"`max_trials`.*max_trials=2\.5"),
+    ],
+)
+def test_bad_budget_is_refused_when_made(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        TuneBudget(**kwargs)
 
 
 def test_student_fn_returning_the_same_model_is_refused():
