@@ -421,12 +421,13 @@ def test_what_cannot_use_stored_outputs_is_refused(data, case):
         kwargs = {"teacher": [teacher, make_mlp(8, name="second")]}
         reason = "2 teachers"
     elif case == "online":
-        kwargs = {"train_teacher": True}
+        kwargs = {}
         reason = "stale"
     else:
         kwargs = {"teacher": None}
         reason = "no teacher"
-    distiller = kd.Distiller(**{"teacher": teacher, "student": student, **kwargs})
+    model = kd.OnlineDistiller if case == "online" else kd.Distiller
+    distiller = model(**{"teacher": teacher, "student": student, **kwargs})
     distiller.compile(optimizer="sgd", loss=hard_loss())
     with pytest.raises(ValueError, match=reason):
         distiller.fit(stored, epochs=1, verbose=0)

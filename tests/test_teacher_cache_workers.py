@@ -10,6 +10,7 @@ comparisons are made here. Only `with_teacher_outputs` runs under the
 strategy (no `fit`), so the test needs no Keras patch in either flavour.
 """
 
+import hashlib
 import json
 import os
 import textwrap
@@ -114,6 +115,9 @@ def test_two_workers_split_the_teacher_pass_and_read_the_whole_cache(tmp_path):
     for shard in manifest["shards"]:
         assert shard["file"].startswith(f"shard-w{shard['worker']:05d}-")
         assert shard["file"] in files
+        content = (shared / shard["file"]).read_bytes()  # checksummed by its worker
+        assert shard["size_bytes"] == len(content)
+        assert shard["sha256"] == hashlib.sha256(content).hexdigest()
         per_worker[shard["worker"]] = (
             per_worker.get(shard["worker"], 0) + (shard["examples"])
         )

@@ -7,7 +7,8 @@ as `keras_kd.data.with_teacher_outputs`. Modules: `batch.py` (the element,
 its stored form, the top-k rebuild), `shards.py` (TFRecord shards and the
 manifest), `views.py` (cached augmented views, one drawn per epoch),
 `workers.py` (the teacher pass split across the workers of a multi-worker
-strategy), `outputs.py` (the teacher pass).
+strategy), `source.py` (the data read as numpy batches), `outputs.py`
+(the teacher pass).
 """
 
 from keras_kd.cache.batch import TOP_K_GAP, TeacherBatch, rebuild_top_k

@@ -7,9 +7,9 @@ import os
 
 import numpy as np
 
-from keras_kd import _batches, _utils
+from keras_kd import _utils
 from keras_kd.backend import tf
-from keras_kd.cache import batch, shards, workers
+from keras_kd.cache import batch, shards, source, workers
 from keras_kd.cache import views as augmented
 
 _STORAGE_DTYPES = ("float32", "float16")
@@ -57,11 +57,16 @@ def with_teacher_outputs(
     With `path`, the outputs go to TFRecord shards (at most
     `max_shard_bytes` each) plus `manifest.json` (teacher name, a sha256
     fingerprint of its weights, shapes and dtypes, `dtype`, `top_k`, the
-    number of examples, the shards), each file written atomically; the
-    dataset streams them. Called again with the same `path` and teacher, it
-    reads the shards back without running the teacher or reading `data`
-    (only checked against the manifest's example count where its size is
-    known); another teacher is refused as a stale cache.
+    number of examples, the shards with the size and sha256 of each), each
+    file written atomically; the dataset streams them. Called again with the
+    same `path` and teacher, it reads the shards back without running the
+    teacher or reading `data` (only checked against the manifest's example
+    count where its size is known); another teacher is refused as a stale
+    cache, and a shard whose size or sha256 differs from the manifest's
+    (truncated or altered) is refused with an error naming it, before any
+    training (the check reads every shard once, a fraction of the cost of
+    an epoch's reading). A cache written by keras-kd 0.1 (a manifest without checksums)
+    is still read, its shards checked by size only.
 
     **Cached augmented views** (FKD, Shen & Xing 2022): with
     `augmentation` (what `keras_kd.Distiller(augmentation=...)` takes: a
@@ -162,10 +167,7 @@ def with_teacher_outputs(
         if manifest is not None:
             _check_reuse(manifest, path, teacher, weights_fingerprint, dtype, top_k)
             augmented.check_reuse(manifest, path, views, augmentation)
-            _check_count(manifest["num_examples"], _size_of(data), path)
-            if views and seed is None:  # the same draws on every worker
-                seed = manifest["seed"]
-            return shards.dataset_from_shards(path, manifest, seed)
+            return _reopen(path, manifest, data, seed)
     if data is None:
         raise ValueError(
             "Argument `data` is required unless `path` holds a finished cache. "
@@ -181,41 +183,18 @@ def with_teacher_outputs(
     run, probabilities = _logits_function(teacher)
     if views:
         run = augmented.function(augmentation, views, run)
-    reader = _batches_of(data, teacher, batch_size)
-    next(reader)  # the size, unused here
     writer = None
     if path is not None:
         writer = shards.ShardWriter(path, max_shard_bytes, part.prefix)
-    layout, chunks, count = None, [], 0
-    for index, (x, y, w) in enumerate(reader):
-        if not part.owns(index):
-            continue
-        inputs = tf.nest.map_structure(tf.convert_to_tensor, x)
-        if views:
-            steps = [augmented.step(seed, index, k) for k in range(views)]
-            x, outputs = run(inputs, tf.constant(steps, tf.int64))
-            x = tf.nest.map_structure(lambda t: t.numpy(), x)
-        else:
-            outputs = run(inputs)
-        logits = [o.numpy() for o in tf.nest.flatten(outputs)]
-        if layout is None:
-            layout = _layout(x, y, w, outputs, dtype, top_k, views)
-        arrays = batch.stored_arrays(x, y, w, logits, dtype, top_k)
-        _check_shapes(arrays, layout)
-        rows = len(arrays[0])
-        if writer is None:
-            chunks.append(arrays)
-        else:
-            writer.add(arrays, rows)
-        count += rows
+    batches = source.batches_of(data, teacher, batch_size)
+    next(batches)  # the size, unused here
+    layout, count, chunks = _teacher_pass(
+        run, batches, part, writer, dtype, top_k, views, seed
+    )
     listed = None if writer is None else writer.close()
     if part.count > 1:
-        partial = {
-            "format": shards.FORMAT,
-            "count": count,
-            "layout": layout,
-            "shards": listed,
-        }
+        partial = {"format": shards.FORMAT, "count": count, "layout": layout}
+        partial["shards"] = listed
         whole = workers.assemble(path, part, partial)
         layout, count, listed = whole["layout"], whole["num_examples"], whole["shards"]
     if count == 0:
@@ -238,11 +217,7 @@ def with_teacher_outputs(
         manifest.update(
             views=views, augmentation=augmented.describe(augmentation), seed=seed
         )
-    if part.count > 1:
-        manifest["workers"] = part.count
-        workers.publish(path, part, manifest)
-    else:
-        shards.write_manifest(path, manifest)
+    _publish(path, part, manifest)
     return shards.dataset_from_shards(path, manifest, seed)
 
 
@@ -254,6 +229,70 @@ def fingerprint(model) -> str:
         digest.update(f"{array.dtype.str}{array.shape};".encode())
         digest.update(array.tobytes())
     return "sha256:" + digest.hexdigest()
+
+
+# ---------------------------------------------------------------------------
+# The steps of `with_teacher_outputs`
+# ---------------------------------------------------------------------------
+
+
+def _reopen(path, manifest, data, seed):
+    """The dataset of the finished cache at `path` (its settings checked),
+    once its shards are verified against the manifest's sizes and sha256."""
+    _check_count(manifest["num_examples"], source.size_of(data), path)
+    shards.verify(path, manifest)
+    if manifest["layout"].get("views") and seed is None:
+        seed = manifest["seed"]  # the same draws on every worker
+    return shards.dataset_from_shards(path, manifest, seed)
+
+
+def _teacher_pass(run, batches, part, writer, dtype, top_k, views, seed):
+    """Runs the teacher on this worker's batches and stores the results.
+
+    Each batch's stored arrays go to `writer` (shards), or without one are
+    collected in memory. Returns `(layout, count, chunks)`: the layout of
+    one example (None if this worker had no batch), the number of examples
+    stored and the chunks kept in memory (empty with a writer).
+    """
+    layout, chunks, count = None, [], 0
+    for index, (x, y, w) in enumerate(batches):
+        if not part.owns(index):
+            continue
+        x, outputs = _run_on_batch(run, x, index, views, seed)
+        if layout is None:
+            layout = _layout(x, y, w, outputs, dtype, top_k, views)
+        logits = [o.numpy() for o in tf.nest.flatten(outputs)]
+        arrays = batch.stored_arrays(x, y, w, logits, dtype, top_k)
+        _check_shapes(arrays, layout)
+        rows = len(arrays[0])
+        if writer is None:
+            chunks.append(arrays)
+        else:
+            writer.add(arrays, rows)
+        count += rows
+    return layout, count, chunks
+
+
+def _run_on_batch(run, x, index, views, seed):
+    """`(inputs, teacher outputs)` of teacher batch `index`: with `views`,
+    its K views (drawn from `seed` and the batch's index) and the outputs on
+    each, on axis 1."""
+    inputs = tf.nest.map_structure(tf.convert_to_tensor, x)
+    if not views:
+        return x, run(inputs)
+    steps = [augmented.step(seed, index, k) for k in range(views)]
+    x, outputs = run(inputs, tf.constant(steps, tf.int64))
+    return tf.nest.map_structure(lambda t: t.numpy(), x), outputs
+
+
+def _publish(path, part, manifest):
+    """Writes `manifest.json` last (several workers: worker 0, then a
+    barrier)."""
+    if part.count > 1:
+        manifest["workers"] = part.count
+        workers.publish(path, part, manifest)
+    else:
+        shards.write_manifest(path, manifest)
 
 
 # ---------------------------------------------------------------------------
@@ -351,7 +390,7 @@ def _layout(x, y, w, outputs, dtype, top_k, views=None) -> dict:
 
 
 # ---------------------------------------------------------------------------
-# The teacher and the data
+# The teacher
 # ---------------------------------------------------------------------------
 
 
@@ -372,81 +411,6 @@ def _logits_function(teacher):
         return tf.nest.pack_sequence_as(outputs, logits)
 
     return run, probabilities
-
-
-def _split(element):
-    """`(x, y, sample_weight)` of one element, as `fit` reads a tuple."""
-    if isinstance(element, tuple) and not hasattr(element, "_fields"):
-        if not 1 <= len(element) <= 3:
-            raise ValueError(
-                "Argument `data` must hold `x`, `(x, y)` or `(x, y, "
-                f"sample_weight)`. Received a tuple of {len(element)} items."
-            )
-        parts = list(element) + [None] * (3 - len(element))
-        return parts[0], parts[1], parts[2]
-    return element, None, None
-
-
-def _size_of(data):
-    """The number of examples of arrays, or of an unbatched dataset; None
-    where unknown."""
-    if data is None or isinstance(data, tf.data.Dataset):
-        return None
-    if _batches.is_stream(data):
-        return None
-    x = _split(data)[0] if isinstance(data, tuple) else data
-    flat = tf.nest.flatten(x)
-    return len(flat[0]) if flat else None
-
-
-def _is_batched(dataset, teacher) -> bool:
-    """Whether a dataset yields batches: its inputs have the teacher's input
-    rank (or, where unknown, an unknown first dimension, as `.batch()`
-    leaves)."""
-    x_spec = _split(dataset.element_spec)[0]
-    structure = _batches.model_input_structure(teacher)
-    if isinstance(x_spec, dict) and structure is not None:
-        if len(tf.nest.flatten(structure)) == 1:
-            raise ValueError(
-                f"Argument `data` yields dicts with keys {sorted(x_spec)}, but "
-                "the teacher takes one input. For a tfds dataset, load it with "
-                "as_supervised=True so that it yields (x, y) tuples."
-            )
-    first = tf.nest.flatten(x_spec)[0].shape
-    if structure is not None and first.rank is not None:
-        return first.rank == tf.nest.flatten(structure)[0].shape.rank
-    return bool(first.rank) and first[0] is None
-
-
-def _batches_of(data, teacher, batch_size):
-    """Yields the size of `data` (None where unknown), then its
-    `(x, y, sample_weight)` batches as numpy."""
-    if isinstance(data, tf.data.Dataset):
-        batched = _is_batched(data, teacher)
-        yield None
-        source = data if batched else data.batch(batch_size)
-    else:
-        _batches.check_data_kind(data, "data")
-        if _batches.is_stream(data):
-            raise TypeError(
-                "Argument `data` must be arrays (`x`, `(x, y)` or `(x, y, "
-                "sample_weight)`) or a `tf.data.Dataset`. Received: data of "
-                f"type {type(data).__name__}; wrap a generator in "
-                "`tf.data.Dataset.from_generator`."
-            )
-        parts = _split(data) if isinstance(data, tuple) else (data, None, None)
-        sizes = {len(a) for p in parts if p is not None for a in tf.nest.flatten(p)}
-        if len(sizes) != 1:
-            raise ValueError(
-                "Argument `data` must hold as many inputs, labels and sample "
-                f"weights. Received lengths {sorted(sizes)}."
-            )
-        yield sizes.pop()
-        given = tuple(p for p in parts if p is not None)
-        source = tf.data.Dataset.from_tensor_slices(given).batch(batch_size)
-    for element in source:
-        element = tf.nest.map_structure(_batches.to_numpy, element)
-        yield _split(element)
 
 
 __all__ = ["fingerprint", "with_teacher_outputs"]

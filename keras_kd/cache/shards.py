@@ -5,10 +5,20 @@ size): a `count` and, per stored array, its raw little-endian bytes. Shards
 are closed at `max_shard_bytes` (a shard holds at least one record), each
 written to a temporary name and renamed; `manifest.json` is written last, so
 a directory without it holds no finished cache.
+
+The manifest records each shard's size on disk (`size_bytes`) and the sha256
+of its bytes (`sha256`, hex: what `sha256sum` prints), hashed from the
+temporary file just written, before its rename. `verify` checks them when a
+cache is opened, so that a truncated or altered shard is refused with an
+error that names it, before training, rather than failing inside the input
+pipeline. Manifests of version 1 (keras-kd 0.1) carry no checksums: their
+shards are checked by size alone (a TFRecord file holds its records' bytes
+plus 16 bytes of framing per record).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 
@@ -20,7 +30,11 @@ from keras_kd.cache import batch, views
 
 MANIFEST = "manifest.json"
 FORMAT = "keras-kd teacher outputs"
-VERSION = 1
+VERSION = 2  # 2: each shard's `size_bytes` and `sha256`
+# Bytes a TFRecord file adds per record: its length (8) and two CRCs (4 + 4).
+_FRAMING = 16
+# Bytes read at a time when a shard is hashed.
+_BLOCK = 2**20
 # dtypes `tf.io.decode_raw` reads back (bool is stored as uint8).
 _RAW_DTYPES = (
     "float16",
@@ -87,10 +101,15 @@ class ShardWriter:
         name = f"{self.prefix}{len(self.shards):05d}.tfrecord"
         records = self._records
 
+        written = {}
+
         def write(temporary):
             with tf.io.TFRecordWriter(temporary) as writer:
                 for record in records:
                     writer.write(record)
+            # Hashed before the rename: the bytes that land under `name`
+            # (just written, so read back from the page cache, not the disk).
+            written["size_bytes"], written["sha256"] = file_checksum(temporary)
 
         _utils.write_atomically(os.path.join(self.directory, name), write)
         self.shards.append(
@@ -99,6 +118,7 @@ class ShardWriter:
                 "examples": self._examples,
                 "records": len(records),
                 "bytes": self._bytes,
+                **written,
             }
         )
         self._records, self._bytes, self._examples = [], 0, 0
@@ -110,6 +130,59 @@ def _int64(value):
 
 def _bytes(value):
     return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
+
+
+def file_checksum(file: str) -> tuple:
+    """`(size in bytes, sha256 hex digest)` of a file, read in 1 MiB blocks."""
+    digest, size = hashlib.sha256(), 0
+    with open(file, "rb") as f:
+        while block := f.read(_BLOCK):
+            digest.update(block)
+            size += len(block)
+    return size, digest.hexdigest()
+
+
+def verify(directory: str, manifest: dict, contents: bool = True) -> None:
+    """Raises unless each shard has the size and checksum its manifest records.
+
+    Args:
+        directory: the cache's directory.
+        manifest: its manifest (the shards listed, each present).
+        contents: also read each shard and compare its sha256 (where the
+            manifest records one); False checks sizes only.
+
+    Raises:
+        ValueError: naming the first truncated, extended or altered shard.
+    """
+    for shard in manifest["shards"]:
+        file = os.path.join(directory, shard["file"])
+        expected = shard.get("size_bytes")
+        if expected is None:  # version 1: the size its records make
+            expected = shard["bytes"] + _FRAMING * shard["records"]
+        size = os.path.getsize(file)
+        if size != expected:
+            _refuse(
+                directory,
+                file,
+                f"holds {size} bytes, its manifest records {expected}"
+                + (" (truncated)" if size < expected else ""),
+            )
+        if contents and "sha256" in shard:
+            digest = file_checksum(file)[1]
+            if digest != shard["sha256"]:
+                _refuse(
+                    directory,
+                    file,
+                    f"has sha256 {digest}, its manifest records "
+                    f"{shard['sha256']} (altered)",
+                )
+
+
+def _refuse(directory: str, file: str, what: str):
+    raise ValueError(
+        f"Argument `path`={directory!r} holds a damaged cache: shard {file!r} "
+        f"{what}. Delete the directory to compute the cache again."
+    )
 
 
 def write_manifest(directory: str, manifest: dict, name: str = MANIFEST) -> None:

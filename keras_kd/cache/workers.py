@@ -6,8 +6,9 @@ the teacher batches `b` with `b % N == i` and writes them to its own shards
 (`shard-w<i>-<n>.tfrecord`) and partial manifest (`manifest-w<i>.json`),
 each atomically. A collective across the workers (a sum through the
 strategy) is the barrier after which each worker reads every partial
-manifest and assembles the same full manifest: the shards read round robin
-give the examples in their original order. Worker 0 writes `manifest.json`
+manifest and assembles the same full manifest (each shard with the size
+and sha256 its worker recorded): the shards read round robin give the
+examples in their original order. Worker 0 writes `manifest.json`
 (then a second barrier), so that a later call reuses the cache.
 """
 
@@ -134,12 +135,16 @@ def assemble(path: str, part: Split, write_partial: dict) -> dict:
     listed = []
     for index, partial in enumerate(partials):
         listed += [dict(s, worker=index) for s in partial["shards"]]
-    return {
+    whole = {
         "layout": layouts[0] if layouts else None,
         "num_examples": sum(p["count"] for p in partials),
         "workers": part.count,
         "shards": listed,
     }
+    # The other workers' shards as this worker sees them (on a shared file
+    # system): their sizes are checked here, their sha256 when reopened.
+    shards.verify(path, whole, contents=False)
+    return whole
 
 
 def publish(path: str, part: Split, manifest: dict) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from keras_kd.backend import tf
+from keras_kd.export._convert import flex_ops
 from keras_kd.export._runner import BATCH_SIZE, Runner
 
 
@@ -46,6 +47,9 @@ def verify(
 ) -> None:
     """Runs `content` and fills in `report`'s parity and latency fields.
 
+    A file that uses TensorFlow select ops is not run (the Python LiteRT
+    interpreter cannot): the report gets a note saying so instead.
+
     Args:
         report: the `ExportReport` to fill in.
         model: the Keras model the file came from.
@@ -57,6 +61,15 @@ def verify(
         latency_runs: invocations to time (0: none).
         num_threads: the interpreter's threads (None: its default).
     """
+    select_ops = flex_ops(content)
+    if select_ops:
+        report.notes.append(
+            "Not verified: the file uses TensorFlow select ops "
+            f"({', '.join(select_ops)}), which the Python LiteRT interpreter "
+            "cannot run; verify it on a runtime linked with the "
+            "select-TF-ops library."
+        )
+        return
     runner = Runner(content=content, num_threads=num_threads)
     report.interpreter = runner.name
     report.input_dtypes, report.output_dtypes = runner.dtypes()

@@ -28,7 +28,6 @@ from keras_kd.export._convert import (
     QAT_LAYERS,
     add_metadata,
     convert,
-    flex_ops,
     float32_model,
     layers_named,
 )
@@ -123,7 +122,7 @@ def to_tflite(
     accuracy = kd.export.evaluate_tflite("student.tflite", (x_test, y_test))
     ```
     """
-    # --- validate everything before converting anything -------------------
+    # Everything is checked before anything is read or converted.
     check_export_model(model)
     path = check_path(path)
     quantization = check_quantization(quantization)
@@ -137,54 +136,19 @@ def to_tflite(
     converter_options = check_converter_options(converter_options)
     check_data_kind(representative_data, "representative_data")
     check_data_kind(verify_data, "verify_data")
-    pruning = layers_named(model, PRUNING_LAYERS)
-    if pruning:
-        raise ValueError(
-            "Argument `model` still holds pruning wrappers "
-            f"({', '.join(pruning[:3])}{'...' if len(pruning) > 3 else ''}), "
-            "which would be exported as extra mask operations. Expected a "
-            "stripped model: call `keras_kd.optimize.strip(model)` first."
-        )
-    quantization_aware = bool(layers_named(model, QAT_LAYERS))
-    if (
-        quantization in FULL_INTEGER
-        and representative_data is None
-        and not quantization_aware
-    ):
-        raise ValueError(
-            "Argument `representative_data` is required for quantization="
-            f'"{quantization}": full-integer quantization calibrates the '
-            "activation ranges on real inputs. Received: "
-            "representative_data=None. Expected samples like those `fit` "
-            "takes, e.g. representative_data=x_train or a tf.data.Dataset "
-            '(or use quantization="dynamic", which needs no data).'
-        )
+    _check_convertible(model, quantization, representative_data)
 
-    # --- read the data -----------------------------------------------------
-    representative_data = replayable(
-        representative_data, max(num_calibration_samples, num_verify_samples)
-    )
-    verify_data = replayable(verify_data, num_verify_samples)
-    specs, structure = input_specs(
-        model, input_signature, [representative_data, verify_data]
+    specs, structure, calibration, verification = _read_samples(
+        model,
+        input_signature,
+        quantization,
+        representative_data,
+        verify_data,
+        num_calibration_samples,
+        num_verify_samples,
+        verify,
     )
     convertible, mixed_note = float32_model(model)
-    calibration = None
-    if quantization in FULL_INTEGER and representative_data is not None:
-        calibration = collect_inputs(
-            representative_data, specs, num_calibration_samples, "representative_data"
-        )
-    verification = None
-    if verify:
-        source, argument = (
-            (verify_data, "verify_data")
-            if verify_data is not None
-            else (representative_data, "representative_data")
-        )
-        if source is not None:
-            verification = collect_inputs(source, specs, num_verify_samples, argument)
-
-    # --- convert -----------------------------------------------------------
     content = convert(
         convertible,
         specs,
@@ -196,8 +160,6 @@ def to_tflite(
     )
     if metadata:
         content = add_metadata(content, metadata)
-
-    # --- verify, then write ------------------------------------------------
     report = ExportReport(
         path=path,
         size_bytes=len(content),
@@ -206,15 +168,7 @@ def to_tflite(
     )
     if mixed_note:
         report.notes.append(mixed_note)
-    select_ops = flex_ops(content)
-    if verify and select_ops:
-        report.notes.append(
-            "Not verified: the file uses TensorFlow select ops "
-            f"({', '.join(select_ops)}), which the Python LiteRT interpreter "
-            "cannot run; verify it on a runtime linked with the "
-            "select-TF-ops library."
-        )
-    elif verify:
+    if verify:
         verify_file(
             report,
             model,
@@ -225,8 +179,70 @@ def to_tflite(
             latency_runs,
             num_threads,
         )
-    write_atomically(path, content)
+    write_atomically(path, content)  # only once verified
     return report
+
+
+def _check_convertible(model, quantization, representative_data) -> None:
+    """Raises for a model that still holds pruning wrappers, or a
+    full-integer mode without calibration data (a quantization-aware model
+    carries its own ranges)."""
+    pruning = layers_named(model, PRUNING_LAYERS)
+    if pruning:
+        raise ValueError(
+            "Argument `model` still holds pruning wrappers "
+            f"({', '.join(pruning[:3])}{'...' if len(pruning) > 3 else ''}), "
+            "which would be exported as extra mask operations. Expected a "
+            "stripped model: call `keras_kd.optimize.strip(model)` first."
+        )
+    if quantization not in FULL_INTEGER or representative_data is not None:
+        return
+    if layers_named(model, QAT_LAYERS):  # quantization-aware: its own ranges
+        return
+    raise ValueError(
+        "Argument `representative_data` is required for quantization="
+        f'"{quantization}": full-integer quantization calibrates the '
+        "activation ranges on real inputs. Received: "
+        "representative_data=None. Expected samples like those `fit` "
+        "takes, e.g. representative_data=x_train or a tf.data.Dataset "
+        '(or use quantization="dynamic", which needs no data).'
+    )
+
+
+def _read_samples(
+    model,
+    input_signature,
+    quantization,
+    representative_data,
+    verify_data,
+    num_calibration_samples: int,
+    num_verify_samples: int,
+    verify: bool,
+):
+    """`(specs, structure, calibration, verification)`: the model's input
+    specs and structure, and the inputs (one array per spec, or None) to
+    calibrate on (the full-integer modes) and to compare the file on
+    (with `verify`: `verify_data`'s, else `representative_data`'s), read
+    the way `fit` reads data."""
+    representative_data = replayable(
+        representative_data, max(num_calibration_samples, num_verify_samples)
+    )
+    verify_data = replayable(verify_data, num_verify_samples)
+    specs, structure = input_specs(
+        model, input_signature, [representative_data, verify_data]
+    )
+    calibration = None
+    if quantization in FULL_INTEGER and representative_data is not None:
+        calibration = collect_inputs(
+            representative_data, specs, num_calibration_samples, "representative_data"
+        )
+    source, argument = verify_data, "verify_data"
+    if source is None:
+        source, argument = representative_data, "representative_data"
+    verification = None
+    if verify and source is not None:
+        verification = collect_inputs(source, specs, num_verify_samples, argument)
+    return specs, structure, calibration, verification
 
 
 __all__ = ["QUANTIZATIONS", "to_tflite"]

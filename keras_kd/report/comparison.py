@@ -303,68 +303,19 @@ def compare(
         from keras_kd.export.runtime import TFLiteRunner
 
         runner = TFLiteRunner(path=tflite)
-
     specs, structure = input_specs(teacher, None, [data])
-    outputs = {name: [] for name in list(models) + (["tflite"] if runner else [])}
-    labels, first = [], None
-    for inputs, y in _batches(data, specs, batch_size):
-        packed = tf.nest.pack_sequence_as(structure, inputs)
-        if first is None:
-            first = [a[:1] for a in inputs]
-        for name, model in models.items():
-            outputs[name].append(_single_output(model.predict_on_batch(packed), name))
-        if runner is not None:
-            outputs["tflite"].append(_single_output(runner.run(inputs)[0], "tflite"))
-        labels.append(np.asarray(y))
-    if first is None:
-        raise ValueError(
-            f"Argument `data` yielded no samples. Expected {_DATA_EXPECTED}."
-        )
-
-    probs = {}
-    for name, parts in outputs.items():
-        probs[name] = metrics.to_probabilities(np.concatenate(parts))
-    num_classes = probs["teacher"].shape[1]
-    for name, p in probs.items():
-        if p.shape[1] != num_classes:
-            raise ValueError(
-                f"Argument `{name}` predicts {p.shape[1]} classes; the teacher "
-                f"predicts {num_classes}. Expected the same classes."
-            )
-    y = metrics.labels_of(
-        np.concatenate(labels), len(probs["teacher"]), num_classes, "data"
+    outputs, labels, first = _run_models(
+        models, runner, data, specs, structure, batch_size
     )
+    probs = _probabilities(outputs)
+    num_classes = probs["teacher"].shape[1]
+    y = metrics.labels_of(labels, len(probs["teacher"]), num_classes, "data")
     class_names = _check_class_names(class_names, num_classes)
 
-    rows, reliability, notes = {}, {}, []
+    costs, notes = _costs(models, runner, tflite, structure, first, latency_runs)
+    rows, reliability = {}, {}
     for name, p in probs.items():
-        if name == "tflite":
-            params, size = student.count_params(), os.path.getsize(tflite)
-        else:
-            params = models[name].count_params()
-            size, note = _keras_size(models[name])
-            if note:
-                notes.append(note)
-        latency = None
-        if latency_runs:
-            if name == "tflite":
-                latency = runner.latency_ms(first, latency_runs)
-            else:
-                one = tf.nest.pack_sequence_as(structure, first)
-                model = models[name]
-                latency = _median_ms(
-                    lambda m=model, x=one: m.predict_on_batch(x), latency_runs
-                )
-        rows[name] = {
-            "accuracy": metrics.accuracy(p, y),
-            "agreement": metrics.agreement(probs["teacher"], p),
-            "ece": metrics.expected_calibration_error(p, y, num_bins),
-            "nll": metrics.negative_log_likelihood(p, y),
-            "params": int(params),
-            "size_bytes": None if size is None else int(size),
-            "latency_ms": latency,
-            "per_class_accuracy": metrics.per_class_accuracy(p, y),
-        }
+        rows[name] = _row(p, probs["teacher"], y, num_bins, *costs[name])
         reliability[name] = metrics.reliability_bins(p, y, num_bins)
 
     per_class = {name: row["per_class_accuracy"] for name, row in rows.items()}
@@ -389,3 +340,80 @@ def compare(
         history=segments,
         notes=notes,
     )
+
+
+def _run_models(models, runner, data, specs, structure, batch_size):
+    """Runs each model (and the `.tflite` file's `runner`) once over `data`.
+
+    Returns `(outputs, labels, first)`: per name the list of output batches
+    (batch, classes), the labels concatenated, and the first sample's flat
+    inputs (for the latency).
+    """
+    outputs = {name: [] for name in list(models) + (["tflite"] if runner else [])}
+    labels, first = [], None
+    for inputs, y in _batches(data, specs, batch_size):
+        packed = tf.nest.pack_sequence_as(structure, inputs)
+        if first is None:
+            first = [a[:1] for a in inputs]
+        for name, model in models.items():
+            outputs[name].append(_single_output(model.predict_on_batch(packed), name))
+        if runner is not None:
+            outputs["tflite"].append(_single_output(runner.run(inputs)[0], "tflite"))
+        labels.append(np.asarray(y))
+    if first is None:
+        raise ValueError(
+            f"Argument `data` yielded no samples. Expected {_DATA_EXPECTED}."
+        )
+    return outputs, np.concatenate(labels), first
+
+
+def _probabilities(outputs) -> dict:
+    """Per name the probabilities of its concatenated outputs; raises unless
+    every model predicts the teacher's number of classes."""
+    probs = {
+        name: metrics.to_probabilities(np.concatenate(parts))
+        for name, parts in outputs.items()
+    }
+    num_classes = probs["teacher"].shape[1]
+    for name, p in probs.items():
+        if p.shape[1] != num_classes:
+            raise ValueError(
+                f"Argument `{name}` predicts {p.shape[1]} classes; the teacher "
+                f"predicts {num_classes}. Expected the same classes."
+            )
+    return probs
+
+
+def _costs(models, runner, tflite, structure, first, latency_runs):
+    """Per name `(params, size in bytes or None, latency in ms or None)`,
+    and the notes on sizes: the `.keras` file of each model, the `.tflite`
+    file (run by `runner`) with the student's parameters; the median of
+    `latency_runs` calls on the `first` sample (none with 0)."""
+    costs, notes = {}, []
+    one = tf.nest.pack_sequence_as(structure, first)
+    for name, model in models.items():
+        size, note = _keras_size(model)
+        notes += [note] if note else []
+        latency = None
+        if latency_runs:
+            latency = _median_ms(lambda m=model: m.predict_on_batch(one), latency_runs)
+        costs[name] = (model.count_params(), size, latency)
+    if runner is not None:
+        latency = runner.latency_ms(first, latency_runs) if latency_runs else None
+        params = models["student"].count_params()
+        costs["tflite"] = (params, os.path.getsize(tflite), latency)
+    return costs, notes
+
+
+def _row(p, teacher_probs, y, num_bins, params, size, latency) -> dict:
+    """One model's figures: `p` its probabilities, `y` the labels."""
+    return {
+        "accuracy": metrics.accuracy(p, y),
+        "agreement": metrics.agreement(teacher_probs, p),
+        "ece": metrics.expected_calibration_error(p, y, num_bins),
+        "nll": metrics.negative_log_likelihood(p, y),
+        "params": int(params),
+        "size_bytes": None if size is None else int(size),
+        "latency_ms": latency,
+        "per_class_accuracy": metrics.per_class_accuracy(p, y),
+    }
