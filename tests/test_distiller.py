@@ -372,7 +372,11 @@ def test_mixed_precision_train_step_logs_the_float32_losses(data, policy):
     distill, hard = logs["distillation_loss"][0], logs["hard_loss"][0]
     ce = np.mean(-np_log_softmax(s)[np.arange(len(y)), y])
     assert distill == pytest.approx(np_kl(t, s, 3.0), rel=2e-3)
-    assert hard == pytest.approx(ce, rel=2e-3)
+    # tf_keras computes Keras's compiled loss in the compute dtype: under
+    # bfloat16 (8 significant bits) the logged hard loss is rounded to within
+    # half a spacing, 2**-8 relative (1.50396 logs as 1.5078125).
+    rounding = 2.0**-8 if policy == "mixed_bfloat16" and backend.LEGACY else 2e-3
+    assert hard == pytest.approx(ce, rel=rounding)
     assert logs["loss"][0] == pytest.approx(0.5 * distill + 0.5 * hard, rel=1e-5)
     assert all(w.dtype == np.float32 for w in student.get_weights())
     assert any(not np.array_equal(a, b) for a, b in zip(before, student.get_weights()))
