@@ -65,14 +65,17 @@ download; those figures check the plumbing.
 from __future__ import annotations
 
 import os
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # for _common
 
 import argparse
 import time
 
 import numpy as np
 
+import _common
 import keras_kd as kd
 from keras_kd import models
 from keras_kd.backend import keras
@@ -112,23 +115,11 @@ def load_data(
     """
     if max_train is None:
         max_train = _MAX_TRAIN[dataset]
-    if validation and max_train is not None:
-        max_train += _VALIDATION_SIZE[dataset]
-    train, test, _, _ = kd.data.load_image_classification(
-        dataset, data_dir=data_dir, max_train=max_train
+    train, test = _common.image_splits(
+        dataset, data_dir, _VALIDATION_SIZE[dataset], validation, max_train
     )
-    if validation:
-        train, test = kd.data.split_validation(*train, _VALIDATION_SIZE[dataset])
     fit, holdout = kd.data.split_validation(*train, _TUNE_HOLDOUT[dataset])
     return fit, holdout, test
-
-
-def _optimizer(learning_rate: float, epochs: int, steps_per_epoch: int):
-    """Adam with a cosine decay of the learning rate to 0 over the run."""
-    schedule = keras.optimizers.schedules.CosineDecay(
-        learning_rate, decay_steps=max(1, epochs * steps_per_epoch)
-    )
-    return keras.optimizers.Adam(schedule)
 
 
 def objectives(args, steps_per_epoch: int) -> dict:
@@ -162,9 +153,53 @@ def parameter_ratio(student, teacher, limit: float = MAX_RATIO) -> float:
     return ratio
 
 
-def _accuracy(model, x, y) -> float:
-    predicted = np.argmax(model.predict(x, batch_size=1000, verbose=0), axis=-1)
-    return float(np.mean(predicted == y))
+def train_students(run: _common.SeedRun, teacher, student) -> dict:
+    """The scratch student and one student per objective, from the same
+    initial weights (`student(name)` builds one) on the same batches."""
+    epochs = run.args.student_epochs
+    trained = {}
+
+    def train(name, loss=None):
+        model = student(f"{name}_student")
+        # Seeded after the model is built, as `kd.distill_chain` and
+        # `kd.tune` do: every run draws the same batches.
+        keras.utils.set_random_seed(run.seed + 2000)
+        if loss is None:
+            trainer = run.compile(model, epochs)
+        else:
+            distiller = kd.Distiller(teacher=teacher, student=model)
+            terms = dict(distillation_loss=loss, alpha=run.args.alpha)
+            trainer = run.compile(distiller, epochs, **terms)
+        run.fit(name, trainer, epochs)
+        trained[name] = model
+
+    train("scratch")
+    for name, (_, make_loss) in objectives(run.args, run.steps).items():
+        train(name, make_loss())
+    return trained
+
+
+def _shared(run: _common.SeedRun) -> dict:
+    """What `kd.tune` and `kd.distill_chain` get alike: the hard loss, the
+    optimizer, the batches and the seed of every other student run."""
+    args = run.args
+    return dict(
+        loss=_common.hard_loss(),
+        optimizer=_common.cosine_adam(
+            args.learning_rate, args.student_epochs, run.steps
+        ),
+        metrics=["accuracy"],
+        batch_size=args.batch_size,
+        seed=run.seed + 2000,
+        verbose=1 if args.verbose else 0,
+    )
+
+
+def _tune_summary(tuned) -> dict | None:
+    if tuned is None:
+        return None
+    keys = ("config", "baseline_score", "trials")
+    return {**{key: getattr(tuned, key) for key in keys}, "table": tuned.table()}
 
 
 def run_seed(seed, data, args) -> dict:
@@ -172,34 +207,18 @@ def run_seed(seed, data, args) -> dict:
     (x_fit, y_fit), holdout, (x_eval, y_eval) = data
     shape = x_fit.shape[1:]
     num_classes = int(max(y_fit.max(), y_eval.max())) + 1
-    steps = int(np.ceil(len(x_fit) / args.batch_size))
-    epochs = args.student_epochs
-    hard_loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    verbose = 2 if args.verbose else 0
-    times = {}
-    start = time.perf_counter()
-
-    keras.utils.set_random_seed(seed)
-    teacher = models.mlp(
-        shape,
-        num_classes,
-        hidden=tuple(args.teacher_hidden),
-        dropout=args.dropout,
-        jitter=args.jitter,
-        name="teacher",
+    run = _common.SeedRun(seed, args, x_fit, y_fit)
+    teacher = run.teacher(
+        lambda: models.mlp(
+            shape,
+            num_classes,
+            hidden=tuple(args.teacher_hidden),
+            dropout=args.dropout,
+            jitter=args.jitter,
+            name="teacher",
+        ),
+        args.teacher_epochs,
     )
-    teacher.compile(
-        optimizer=_optimizer(args.learning_rate, args.teacher_epochs, steps),
-        loss=hard_loss,
-    )
-    teacher.fit(
-        x_fit,
-        y_fit,
-        batch_size=args.batch_size,
-        epochs=args.teacher_epochs,
-        verbose=verbose,
-    )
-    times["teacher"] = time.perf_counter() - start
 
     # Every student starts from these weights.
     keras.utils.set_random_seed(seed + 1000)
@@ -215,102 +234,41 @@ def run_seed(seed, data, args) -> dict:
         return model
 
     ratio = parameter_ratio(student(), teacher)  # main checked it already
-    trained = {"teacher": teacher}
-
-    def timed(run, fn, *fn_args):
-        begin = time.perf_counter()
-        result = fn(*fn_args)
-        times[run] = time.perf_counter() - begin
-        return result
-
-    def train(run, loss=None):
-        model = student(f"{run}_student")
-        # Seeded after the model is built, as `kd.distill_chain` and
-        # `kd.tune` do: every run draws the same batches.
-        keras.utils.set_random_seed(seed + 2000)
-        if loss is None:
-            trainer = model
-            trainer.compile(
-                optimizer=_optimizer(args.learning_rate, epochs, steps), loss=hard_loss
-            )
-        else:
-            trainer = kd.Distiller(teacher=teacher, student=model)
-            trainer.compile(
-                optimizer=_optimizer(args.learning_rate, epochs, steps),
-                loss=hard_loss,
-                distillation_loss=loss,
-                alpha=args.alpha,
-            )
-        trainer.fit(
-            x_fit, y_fit, batch_size=args.batch_size, epochs=epochs, verbose=verbose
-        )
-        return model
-
-    trained["scratch"] = timed("scratch", train, "scratch")
-    for run, (_, make_loss) in objectives(args, steps).items():
-        trained[run] = timed(run, train, run, make_loss())
-
+    trained = {"teacher": teacher, **train_students(run, teacher, student)}
     tuned = None
     if args.tune:
-        tuned = timed(
-            "tune",
-            lambda: kd.tune(
+        with _common.timed(run.times, "tune"):
+            tuned = kd.tune(
                 teacher,
                 lambda: student("tune_student"),
                 (x_fit, y_fit),
                 holdout,
-                loss=hard_loss,
-                optimizer=_optimizer(args.learning_rate, epochs, steps),
-                metrics=["accuracy"],
-                max_epochs=epochs,
+                max_epochs=args.student_epochs,
                 factor=args.tune_factor,
-                batch_size=args.batch_size,
-                seed=seed + 2000,
-                verbose=1 if args.verbose else 0,
-            ),
-        )
+                **_shared(run),
+            )
         trained["tune"] = tuned.student
         if args.verbose:
             print(tuned.table())
-
-    chain = timed(
-        "chain",
-        lambda: kd.distill_chain(
+    with _common.timed(run.times, "chain"):
+        chain = kd.distill_chain(
             [teacher, assistant, student("chain_student")],
             (x_fit, y_fit),
-            epochs=epochs,
-            loss=hard_loss,
+            epochs=args.student_epochs,
             distillation_loss=kd.losses.KLDivergence(args.chain_temperature),
             alpha=args.alpha,
-            optimizer=_optimizer(args.learning_rate, epochs, steps),
-            metrics=["accuracy"],
-            batch_size=args.batch_size,
-            seed=seed + 2000,
-            verbose=1 if args.verbose else 0,
-        ),
-    )
+            **_shared(run),
+        )
     trained["chain"] = chain.student
     trained["assistant"] = assistant
-
-    accuracy = {name: _accuracy(m, x_eval, y_eval) for name, m in trained.items()}
-    return {
-        "seed": seed,
-        "accuracy": accuracy,
-        "ratio": ratio,
-        "tune": None
-        if tuned is None
-        else {
-            "config": tuned.config,
-            "baseline_score": tuned.baseline_score,
-            "trials": tuned.trials,
-            "table": tuned.table(),
-        },
-        "chain": chain,
-        "train_time_s": times,
-        "wall_time_s": time.perf_counter() - start,
-        "initial_weights": initial_weights,
-        "models": trained,
-    }
+    return run.result(
+        accuracy={n: _common.accuracy(m, x_eval, y_eval) for n, m in trained.items()},
+        ratio=ratio,
+        tune=_tune_summary(tuned),
+        chain=chain,
+        initial_weights=initial_weights,
+        models=trained,
+    )
 
 
 def columns(results) -> list:
@@ -322,54 +280,8 @@ def columns(results) -> list:
     return runs + [("chain", "chain")]
 
 
-def print_results(results: dict) -> None:
-    """Prints accuracies per seed, their mean and the gain over scratch."""
-    cols = columns(results)
-    widths = [max(7, len(header) + 1) for _, header in cols]
-    params = results["params"]
-    print()
-    print(
-        f"{results['dataset']} {results['split']} accuracy (%) on "
-        f"{results['n_eval']:,} images (seeds {' '.join(map(str, results['seeds']))}); "
-        f"trained on {results['n_fit']:,} images"
-    )
-    print(
-        f"teacher: MLP {results['shapes']['teacher']}, {params['teacher']:,} "
-        f"parameters; student: MLP {results['shapes']['student']}, "
-        f"{params['student']:,} parameters = {100 * results['ratio']:.2f}% of the "
-        f"teacher's; TA (assistant): MLP {results['shapes']['assistant']}, "
-        f"{params['assistant']:,}"
-    )
-
-    def row(label, values):
-        cells = "".join(f"{v:>{w}}" for v, w in zip(values, widths))
-        return f"{label:<8}{cells}"
-
-    print(row("", [header for _, header in cols]))
-    for run in results["per_seed"]:
-        acc = run["accuracy"]
-        print(row(f"seed {run['seed']}", [f"{100 * acc[k]:.2f}" for k, _ in cols]))
-    mean = results["mean_accuracy"]
-    print(row("mean", [f"{100 * mean[k]:.2f}" for k, _ in cols]))
-    n = len(results["per_seed"])
-    gains, wins = results["gain_over_scratch"], results["wins_over_scratch"]
-    print(
-        row(
-            "vs scr.", [f"{100 * gains[k]:+.2f}" if k in gains else "" for k, _ in cols]
-        )
-    )
-    print(row("wins", [f"{wins[k]}/{n}" if k in wins else "" for k, _ in cols]))
-    print(
-        "vs scr.: mean accuracy minus the scratch student's, in points; wins: "
-        "seeds where the run beat it."
-    )
-    config = results["config"]
-    print(
-        f"T=k: KLDivergence(T=k); DIST: DIST(T=1); stdKL: KLDivergence(T=2, "
-        f"standardize=True); DKD: DecoupledKD(T=4); chain: teacher -> TA -> "
-        f"student, KL T={config['chain_temperature']:g}; alpha={config['alpha']:g}."
-    )
-    for run in results["per_seed"]:
+def _print_tune_choices(per_seed) -> None:
+    for run in per_seed:
         if run["tune"] is None:
             continue
         c = run["tune"]["config"]
@@ -385,132 +297,129 @@ def print_results(results: dict) -> None:
             f"{100 * c['score']:.2f}% (baseline {100 * baseline:.2f}%), "
             f"{len(run['tune']['trials'])} trials"
         )
-    print(f"wall time: {results['wall_time_s']:.0f} s")
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description="A student with under 1% of its teacher's parameters: "
+def print_results(results: dict) -> None:
+    """Prints accuracies per seed, their mean and the gain over scratch."""
+    cols = columns(results)
+    table = _common.Table([header for _, header in cols], 8, 7, 1)
+    params = results["params"]
+    print()
+    print(f"{_common.accuracy_title(results)}; trained on {results['n_fit']:,} images")
+    print(
+        f"teacher: MLP {results['shapes']['teacher']}, {params['teacher']:,} "
+        f"parameters; student: MLP {results['shapes']['student']}, "
+        f"{params['student']:,} parameters = {100 * results['ratio']:.2f}% of the "
+        f"teacher's; TA (assistant): MLP {results['shapes']['assistant']}, "
+        f"{params['assistant']:,}"
+    )
+    _common.print_accuracy_table(results, cols, table, "run")
+    config = results["config"]
+    print(
+        f"T=k: KLDivergence(T=k); DIST: DIST(T=1); stdKL: KLDivergence(T=2, "
+        f"standardize=True); DKD: DecoupledKD(T=4); chain: teacher -> TA -> "
+        f"student, KL T={config['chain_temperature']:g}; alpha={config['alpha']:g}."
+    )
+    _print_tune_choices(results["per_seed"])
+    _common.print_wall_time(results)
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = _common.parser(
+        "A student with under 1% of its teacher's parameters: "
         "scratch against KD at several temperatures, DIST, standardized KL, "
-        "DKD, kd.tune and a teacher-assistant chain.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        "DKD, kd.tune and a teacher-assistant chain."
     )
-    parser.add_argument(
-        "--dataset",
-        choices=["mnist", "digits"],
-        default="mnist",
-        help="MNIST from tfds, or scikit-learn's 8x8 digits (offline)",
-    )
-    parser.add_argument(
-        "--data-dir", default=None, help="TFDS data dir holding MNIST (None: download)"
-    )
-    parser.add_argument(
-        "--seeds",
-        type=int,
-        nargs="+",
-        default=[0, 1, 2],
-        help="one full run (teacher and every student) per seed",
-    )
-    parser.add_argument(
-        "--validation",
-        action="store_true",
-        help="report on held-out training images (5,000 MNIST images more "
+    _common.add_dataset(parser)
+    _common.add_seeds(parser)
+    _common.add_validation(
+        parser,
+        "report on held-out training images (5,000 MNIST images more "
         "than --max-train) instead of the test set; use this to choose settings",
     )
-    parser.add_argument(
+    add = parser.add_argument
+    add(
         "--max-train",
         type=int,
         default=None,
         help="training images to use, the first ones (None: 25,000 for MNIST, "
         "all for digits); the last 5,000 (digits: 200) are kd.tune's held-out split",
     )
-    parser.add_argument(
-        "--teacher-hidden",
-        type=int,
-        nargs="+",
-        default=[512, 512],
-        help="units of each of the teacher MLP's hidden layers",
-    )
-    parser.add_argument(
-        "--student-hidden",
-        type=int,
-        nargs="+",
-        default=[8],
-        help="units of each of the student MLP's hidden layers",
-    )
-    parser.add_argument(
-        "--assistant-hidden",
-        type=int,
-        nargs="+",
-        default=[64],
-        help="units of each of the teacher assistant's hidden layers",
-    )
-    parser.add_argument(
-        "--dropout", type=float, default=0.3, help="the teacher's dropout rate"
-    )
-    parser.add_argument(
-        "--jitter", type=int, default=2, help="the teacher's input jitter, in pixels"
-    )
-    parser.add_argument("--teacher-epochs", type=int, default=12)
-    parser.add_argument(
+    for model, default, owner in (
+        ("teacher", [512, 512], "teacher MLP's"),
+        ("student", [8], "student MLP's"),
+        ("assistant", [64], "teacher assistant's"),
+    ):
+        add(
+            f"--{model}-hidden",
+            type=int,
+            nargs="+",
+            default=default,
+            help=f"units of each of the {owner} hidden layers",
+        )
+    add("--dropout", type=float, default=0.3, help="the teacher's dropout rate")
+    add("--jitter", type=int, default=2, help="the teacher's input jitter, in pixels")
+    _add_training_options(parser)
+    return parser
+
+
+def _add_training_options(parser: argparse.ArgumentParser) -> None:
+    add = parser.add_argument
+    add("--teacher-epochs", type=int, default=12)
+    add(
         "--student-epochs",
         type=int,
         default=15,
         help="epochs of every student run, of each chain stage and of "
         "kd.tune's longest trials",
     )
-    parser.add_argument(
+    add(
         "--temperatures",
         type=float,
         nargs="+",
         default=[1.0, 4.0, 10.0],
         help="temperatures of the KD (KLDivergence) runs",
     )
-    parser.add_argument(
+    add(
         "--chain-temperature",
         type=float,
         default=4.0,
         help="KD temperature of each stage of the chain",
     )
-    parser.add_argument(
-        "--alpha",
-        type=float,
-        default=0.5,
-        help="weight of the distillation term in every distilled run but "
+    _common.add_alpha(
+        parser,
+        0.5,
+        "weight of the distillation term in every distilled run but "
         "kd.tune's (1 - alpha weights the hard labels)",
     )
-    parser.add_argument(
+    add(
         "--tune",
         action=argparse.BooleanOptionalAction,
         default=True,
         help="run kd.tune (needs keras-tuner)",
     )
-    parser.add_argument(
+    add(
         "--tune-factor",
         type=int,
         default=3,
         help="Hyperband's reduction factor in kd.tune (larger: fewer trials)",
     )
-    parser.add_argument(
-        "--learning-rate",
-        type=float,
-        default=1e-3,
-        help="Adam's initial learning rate (cosine decay to 0)",
-    )
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument(
+    _common.add_optimizer(parser)
+    add(
         "--verbose",
         action="store_true",
         help="show Keras's per-epoch logs and kd.tune's trials",
     )
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = _build_parser()
     args = parser.parse_args(argv)
-    for name in ("teacher_epochs", "student_epochs", "batch_size"):
-        if getattr(args, name) < 1:
-            parser.error(f"argument --{name.replace('_', '-')}: must be >= 1")
+    names = ("teacher_epochs", "student_epochs", "batch_size")
+    _common.check_minimum(parser, args, names, 1)
     if args.tune_factor < 2:
         parser.error("argument --tune-factor: must be >= 2")
-    if not 0.0 <= args.alpha <= 1.0:
-        parser.error(f"argument --alpha: must be in [0, 1], got {args.alpha:g}")
+    _common.check_fraction(parser, args, "alpha")
     if args.tune:
         try:
             import keras_tuner  # noqa: F401
@@ -520,10 +429,6 @@ def parse_args(argv=None) -> argparse.Namespace:
                 "keras-tuner), or pass --no-tune"
             )
     return args
-
-
-def _mlp_shape(input_size, hidden, num_classes) -> str:
-    return "-".join(map(str, [input_size, *hidden, num_classes]))
 
 
 def main(argv=None) -> dict:
@@ -549,12 +454,7 @@ def main(argv=None) -> dict:
         models.mlp(shape, 10, tuple(args.student_hidden)),
         models.mlp(shape, 10, tuple(args.teacher_hidden)),
     )
-    per_seed = []
-    for seed in args.seeds:
-        run = run_seed(seed, data, args)
-        per_seed.append(run)
-        if args.verbose:
-            print(f"seed {seed}: {run['accuracy']} ({run['wall_time_s']:.0f} s)")
+    per_seed = _common.run_seeds(args, lambda s: run_seed(s, data, args), "accuracy")
     first = per_seed[0]
     names = list(first["accuracy"])
     accuracy = {
@@ -564,34 +464,31 @@ def main(argv=None) -> dict:
     (x_fit, _), holdout, evaluation = data
     input_size = int(np.prod(x_fit.shape[1:]))
     num_classes = int(first["models"]["teacher"].output.shape[-1])
-    results = {
-        "dataset": args.dataset,
-        "split": "validation" if args.validation else "test",
-        "n_eval": int(len(evaluation[1])),
-        "n_fit": int(len(x_fit)),
-        "n_holdout": int(len(holdout[1])),
-        "seeds": list(args.seeds),
-        "per_seed": per_seed,
-        "mean_accuracy": {name: float(a.mean()) for name, a in accuracy.items()},
-        "gain_over_scratch": {
+    results = _common.summary(
+        args,
+        per_seed,
+        len(evaluation[1]),
+        start,
+        n_fit=int(len(x_fit)),
+        n_holdout=int(len(holdout[1])),
+        mean_accuracy=_common.mean_over_seeds(per_seed, "accuracy"),
+        gain_over_scratch={  # the mean of the per-seed differences
             n: float(np.mean(accuracy[n] - accuracy["scratch"])) for n in students
         },
-        "wins_over_scratch": {
-            n: int(np.sum(accuracy[n] > accuracy["scratch"])) for n in students
-        },
-        "params": {
+        wins_over_scratch=_common.wins_over(per_seed, "accuracy", students),
+        params={
             name: first["models"][name].count_params()
             for name in ("teacher", "assistant", "scratch")
         },
-        "ratio": first["ratio"],
-        "shapes": {
-            name: _mlp_shape(input_size, getattr(args, f"{name}_hidden"), num_classes)
+        ratio=first["ratio"],
+        shapes={
+            name: _common.mlp_shape(
+                input_size, getattr(args, f"{name}_hidden"), num_classes
+            )
             for name in ("teacher", "student", "assistant")
         },
-        "headers": {name: header for name, (header, _) in objectives(args, 1).items()},
-        "wall_time_s": time.perf_counter() - start,
-        "config": {k: v for k, v in vars(args).items() if k != "verbose"},
-    }
+        headers={name: header for name, (header, _) in objectives(args, 1).items()},
+    )
     results["params"]["student"] = results["params"].pop("scratch")
     print_results(results)
     return results

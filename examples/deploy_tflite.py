@@ -32,65 +32,25 @@ Keras flavours.
 from __future__ import annotations
 
 import os
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # _common, _deploy
 
 import argparse
-import platform
 import time
 
-import numpy as np
-
-from keras_kd import backend, data, export, models
-from keras_kd.backend import keras
-from keras_kd.distiller import Distiller
-from keras_kd.losses import KLDivergence
+import _common
+import _deploy
+from keras_kd import backend, export
 
 MODES = [None, "float16", "dynamic", "int8", "int8_io"]
-
-
-def accuracy(model, x, y) -> float:
-    """Top-1 accuracy of a Keras model."""
-    return float(np.mean(model.predict(x, batch_size=1000, verbose=0).argmax(-1) == y))
-
-
-def train_teacher_and_student(train_ds, input_shape, num_classes, args):
-    """Trains the teacher on the labels, then distils the student from it."""
-    hard_loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    verbose = 2 if args.verbose else 0
-    keras.utils.set_random_seed(args.seed)
-    teacher = models.mlp(
-        input_shape, num_classes, hidden=(512, 512), dropout=0.3, name="teacher"
-    )
-    teacher.compile(
-        optimizer=keras.optimizers.Adam(args.learning_rate),
-        loss=hard_loss,
-        metrics=["accuracy"],
-    )
-    teacher.fit(
-        train_ds, epochs=args.teacher_epochs, verbose=verbose, shuffle=False
-    )  # the pipeline shuffles
-
-    keras.utils.set_random_seed(args.seed + 1)
-    student = models.strided_cnn(
-        input_shape, num_classes, filters=16, hidden=64, name="student"
-    )
-    distiller = Distiller(teacher=teacher, student=student)
-    distiller.compile(
-        optimizer=keras.optimizers.Adam(args.learning_rate),
-        loss=hard_loss,
-        metrics=["accuracy"],
-        distillation_loss=KLDivergence(temperature=args.temperature),
-        alpha=args.alpha,
-    )
-    distiller.fit(train_ds, epochs=args.student_epochs, verbose=verbose, shuffle=False)
-    return teacher, student
 
 
 def export_all(student, train_ds, test, out_dir, args) -> dict:
     """Exports the student in every mode; returns one row of figures each."""
     x_test, y_test = test
-    keras_accuracy = accuracy(student, x_test, y_test)
+    keras_accuracy = _common.accuracy(student, x_test, y_test)
     rows = {}
     for mode in MODES:
         name = mode or "float32"
@@ -155,61 +115,34 @@ def print_table(results: dict) -> None:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description="Distil a small CNN from an MLP teacher on MNIST, export "
+    parser = _common.parser(
+        "Distil a small CNN from an MLP teacher on MNIST, export "
         "it to .tflite in every quantization mode (float32, float16, dynamic, "
         "int8, int8_io) with keras_kd.export.to_tflite, and print size, "
         "accuracy, agreement and latency per mode. Runs in both Keras "
-        "flavours.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        "flavours."
     )
-    parser.add_argument(
-        "--dataset",
-        choices=["mnist", "digits"],
-        default="mnist",
-        help="MNIST from tfds, or scikit-learn's 8x8 digits (offline, seconds)",
-    )
-    parser.add_argument(
-        "--data-dir", default=None, help="TFDS data dir holding MNIST (None: download)"
-    )
-    parser.add_argument(
-        "--out-dir",
-        default=os.path.join("runs", "deploy_tflite"),
-        help="where the .tflite files are written",
-    )
-    parser.add_argument(
-        "--max-train",
-        type=int,
-        default=None,
-        help="train on at most this many images (None: all)",
-    )
-    parser.add_argument("--teacher-epochs", type=int, default=3)
-    parser.add_argument("--student-epochs", type=int, default=3)
-    parser.add_argument("--temperature", type=float, default=4.0)
-    parser.add_argument(
-        "--alpha",
-        type=float,
-        default=0.5,
-        help="weight of the distillation term (1 - alpha weights the hard labels)",
-    )
-    parser.add_argument("--learning-rate", type=float, default=1e-3)
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument(
+    _deploy.add_options(parser, os.path.join("runs", "deploy_tflite"))
+    add = parser.add_argument
+    add("--teacher-epochs", type=int, default=3)
+    add("--student-epochs", type=int, default=3)
+    add("--temperature", type=float, default=4.0)
+    _common.add_alpha(parser, 0.5)
+    _common.add_optimizer(parser, help=None)
+    add(
         "--calibration-samples",
         type=int,
         default=500,
         help="training images drawn to calibrate int8",
     )
-    parser.add_argument(
+    add(
         "--latency-runs",
         type=int,
         default=200,
         help="single-image invocations timed per mode",
     )
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--verbose", action="store_true", help="show Keras's per-epoch logs"
-    )
+    add("--seed", type=int, default=0)
+    _common.add_verbose(parser)
     return parser.parse_args(argv)
 
 
@@ -229,29 +162,24 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     start = time.perf_counter()
     os.makedirs(args.out_dir, exist_ok=True)
-    (x_train, y_train), test, num_classes, _ = data.load_image_classification(
-        args.dataset, data_dir=args.data_dir, max_train=args.max_train
-    )
-    train_ds = data.to_dataset(
-        x_train, y_train, args.batch_size, shuffle=True, shuffle_buffer=10_000
-    )
+    train_ds, test, num_classes, _ = _deploy.load(args)
     input_shape = test[0].shape[1:]
-    teacher, student = train_teacher_and_student(
+    teacher, student = _deploy.teacher_and_student(
         train_ds, input_shape, num_classes, args
     )
     modes = export_all(student, train_ds, test, args.out_dir, args)
     results = {
         "dataset": args.dataset,
         "flavour": backend.FLAVOUR,
-        "teacher_accuracy": accuracy(teacher, *test),
-        "student_accuracy": accuracy(student, *test),
+        "teacher_accuracy": _common.accuracy(teacher, *test),
+        "student_accuracy": _common.accuracy(student, *test),
         "student_params": int(student.count_params()),
         "n_test": int(len(test[1])),
         "modes": modes,
         "interpreter": modes["float32"]["interpreter"],
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
+        "machine": _deploy.machine(),
         "wall_time_s": time.perf_counter() - start,
-        "config": {k: v for k, v in vars(args).items() if k != "verbose"},
+        "config": _common.config(args),
     }
     print_table(results)
     return results

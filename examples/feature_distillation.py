@@ -82,15 +82,16 @@ download; the second block is then 4x4), whose figures check the plumbing.
 from __future__ import annotations
 
 import os
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # for _common
 
 import argparse
 import pathlib
 import time
 
-import numpy as np
-
+import _common
 import keras_kd as kd
 from keras_kd.backend import keras
 
@@ -135,14 +136,9 @@ def load_data(
     """
     if max_train is None:
         max_train = _MAX_TRAIN[dataset]
-    if validation and max_train is not None:
-        max_train += _VALIDATION_SIZE[dataset]
-    train, test, _, _ = kd.data.load_image_classification(
-        dataset, data_dir=data_dir, max_train=max_train
+    return _common.image_splits(
+        dataset, data_dir, _VALIDATION_SIZE[dataset], validation, max_train
     )
-    if validation:
-        return kd.data.split_validation(*train, _VALIDATION_SIZE[dataset])
-    return train, test
 
 
 def conv_net(input_shape, num_classes, widths, dropout=0.0, prefix="", name=None):
@@ -172,19 +168,6 @@ def conv_net(input_shape, num_classes, widths, dropout=0.0, prefix="", name=None
         x = keras.layers.Dropout(dropout)(x)
     outputs = keras.layers.Dense(num_classes, name=f"{prefix}logits")(x)
     return keras.Model(inputs, outputs, name=name)
-
-
-def _optimizer(learning_rate: float, epochs: int, steps_per_epoch: int):
-    """Adam with a cosine decay of the learning rate to 0 over the run."""
-    schedule = keras.optimizers.schedules.CosineDecay(
-        learning_rate, decay_steps=max(1, epochs * steps_per_epoch)
-    )
-    return keras.optimizers.Adam(schedule)
-
-
-def _accuracy(model, x, y) -> float:
-    predicted = np.argmax(model.predict(x, batch_size=1000, verbose=0), axis=-1)
-    return float(np.mean(predicted == y))
 
 
 def students(args) -> dict:
@@ -217,34 +200,19 @@ def run_seed(seed, data, args) -> dict:
     (x_train, y_train), (x_eval, y_eval) = data
     shape = x_train.shape[1:]
     num_classes = int(max(y_train.max(), y_eval.max())) + 1
-    steps = int(np.ceil(len(x_train) / args.batch_size))
     epochs = args.student_epochs
-    hard_loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    verbose = 2 if args.verbose else 0
-    times = {}
-    start = time.perf_counter()
-
-    keras.utils.set_random_seed(seed)
-    teacher = conv_net(
-        shape,
-        num_classes,
-        args.teacher_widths,
-        dropout=args.dropout,
-        prefix="t_",
-        name="teacher",
+    run = _common.SeedRun(seed, args, x_train, y_train)
+    teacher = run.teacher(
+        lambda: conv_net(
+            shape,
+            num_classes,
+            args.teacher_widths,
+            dropout=args.dropout,
+            prefix="t_",
+            name="teacher",
+        ),
+        args.teacher_epochs,
     )
-    teacher.compile(
-        optimizer=_optimizer(args.learning_rate, args.teacher_epochs, steps),
-        loss=hard_loss,
-    )
-    teacher.fit(
-        x_train,
-        y_train,
-        batch_size=args.batch_size,
-        epochs=args.teacher_epochs,
-        verbose=verbose,
-    )
-    times["teacher"] = time.perf_counter() - start
 
     # Every student starts from these weights.
     keras.utils.set_random_seed(seed + 1000)
@@ -259,28 +227,17 @@ def run_seed(seed, data, args) -> dict:
         model.set_weights(initial_weights)
         return model
 
-    def fit(run, trainer):
+    def fit(name, trainer):
         # Seeded just before `fit`: every run draws the same batches.
         keras.utils.set_random_seed(seed + 2000)
-        begin = time.perf_counter()
-        trainer.fit(
-            x_train,
-            y_train,
-            batch_size=args.batch_size,
-            epochs=epochs,
-            verbose=verbose,
-        )
-        times[run] = time.perf_counter() - begin
+        run.fit(name, trainer, epochs)
 
     scratch = student("scratch_student")
-    scratch.compile(
-        optimizer=_optimizer(args.learning_rate, epochs, steps), loss=hard_loss
-    )
-    fit("scratch", scratch)
+    fit("scratch", run.compile(scratch, epochs))
     trained = {"teacher": teacher, "scratch": scratch}
     adapters = {}
-    for run, (_, match) in students(args).items():
-        model = student(f"{run}_student")
+    for name, (_, match) in students(args).items():
+        model = student(f"{name}_student")
         # Seeded before the Distiller creates its adapters (their initial
         # weights depend on the seed, not on the runs before).
         keras.utils.set_random_seed(seed + 3000)
@@ -289,26 +246,22 @@ def run_seed(seed, data, args) -> dict:
             student=model,
             features=[] if match is None else [match()],
         )
-        distiller.compile(
-            optimizer=_optimizer(args.learning_rate, epochs, steps),
-            loss=hard_loss,
+        run.compile(
+            distiller,
+            epochs,
             distillation_loss=kd.losses.KLDivergence(temperature=args.temperature),
             alpha=args.alpha,
         )
-        fit(run, distiller)
-        trained[run] = model
-        adapters[run] = list(distiller.adapters)
+        fit(name, distiller)
+        trained[name] = model
+        adapters[name] = list(distiller.adapters)
 
-    accuracy = {name: _accuracy(m, x_eval, y_eval) for name, m in trained.items()}
-    return {
-        "seed": seed,
-        "accuracy": accuracy,
-        "train_time_s": times,
-        "wall_time_s": time.perf_counter() - start,
-        "initial_weights": initial_weights,
-        "models": trained,
-        "adapters": adapters,
-    }
+    return run.result(
+        accuracy={n: _common.accuracy(m, x_eval, y_eval) for n, m in trained.items()},
+        initial_weights=initial_weights,
+        models=trained,
+        adapters=adapters,
+    )
 
 
 def tap_shapes(args, input_shape, num_classes) -> dict:
@@ -337,12 +290,11 @@ def columns(results) -> list:
 def print_results(results: dict) -> None:
     """Prints accuracies per seed, their mean and the gain over scratch."""
     cols = columns(results)
-    widths = [max(9, len(header) + 2) for _, header in cols]
+    table = _common.Table([header for _, header in cols], 9, 9, 2)
     config, taps = results["config"], results["taps"]
     print()
     print(
-        f"{results['dataset']} {results['split']} accuracy (%) on "
-        f"{results['n_eval']:,} images (seeds {' '.join(map(str, results['seeds']))}); "
+        f"{_common.accuracy_title(results)}; "
         f"trained on {results['n_train']:,} images, teacher "
         f"{config['teacher_epochs']} epochs, students {config['student_epochs']}"
     )
@@ -353,29 +305,7 @@ def print_results(results: dict) -> None:
         f"{'-'.join(map(str, config['student_widths']))}, {s['params']:,}; taps: "
         f"{t['layer']} {t['shape']} <- {s['layer']} {s['shape']}"
     )
-
-    def row(label, values):
-        cells = "".join(f"{v:>{w}}" for v, w in zip(values, widths))
-        return f"{label:<9}{cells}"
-
-    print(row("", [header for _, header in cols]))
-    for run in results["per_seed"]:
-        acc = run["accuracy"]
-        print(row(f"seed {run['seed']}", [f"{100 * acc[k]:.2f}" for k, _ in cols]))
-    mean = results["mean_accuracy"]
-    print(row("mean", [f"{100 * mean[k]:.2f}" for k, _ in cols]))
-    gains, wins = results["gain_over_scratch"], results["wins_over_scratch"]
-    n = len(results["per_seed"])
-    print(
-        row(
-            "vs scr.", [f"{100 * gains[k]:+.2f}" if k in gains else "" for k, _ in cols]
-        )
-    )
-    print(row("wins", [f"{wins[k]}/{n}" if k in wins else "" for k, _ in cols]))
-    print(
-        "vs scr.: mean accuracy minus the scratch student's, in points; wins: "
-        "seeds where the student beat it."
-    )
+    _common.print_accuracy_table(results, cols, table, "student")
     print(
         f"logits: KLDivergence(T={config['temperature']:g}), alpha="
         f"{config['alpha']:g}; hint: logits + weight * MSE(1x1 conv(student "
@@ -384,132 +314,88 @@ def print_results(results: dict) -> None:
         f"{' '.join(f'{w:g}' for w in config['hint_weight'])}, AT "
         f"{' '.join(f'{w:g}' for w in config['at_weight'])}."
     )
-    print(f"wall time: {results['wall_time_s']:.0f} s")
+    _common.print_wall_time(results)
 
 
-def _positive(kind):
-    def parse(text):
-        value = kind(text)
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-        return value
-
-    parse.__name__ = kind.__name__  # argparse names the type in its errors
-    return parse
-
-
-def _non_negative(text):
-    value = float(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
-
-
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description="Feature distillation on MNIST: a thin CNN student from "
+def _build_parser() -> argparse.ArgumentParser:
+    parser = _common.parser(
+        "Feature distillation on MNIST: a thin CNN student from "
         "scratch, with KD on the logits, with a FitNets hint (projected MSE) "
-        "and with attention transfer on a middle block.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        "and with attention transfer on a middle block."
     )
-    parser.add_argument(
-        "--dataset",
-        choices=["mnist", "digits"],
-        default="mnist",
-        help="MNIST from tfds, or scikit-learn's 8x8 digits (offline)",
+    _common.add_dataset(
+        parser, data_dir=str(_SHARED_TFDS) if _SHARED_TFDS.is_dir() else None
     )
-    parser.add_argument(
-        "--data-dir",
-        default=str(_SHARED_TFDS) if _SHARED_TFDS.is_dir() else None,
-        help="TFDS data dir holding MNIST (None: download)",
-    )
-    parser.add_argument(
-        "--seeds",
-        type=int,
-        nargs="+",
-        default=[0, 1, 2],
-        help="one full run (teacher and every student) per seed",
-    )
-    parser.add_argument(
-        "--validation",
-        action="store_true",
-        help="report on held-out training images (5,000 MNIST images after "
+    _common.add_seeds(parser)
+    _common.add_validation(
+        parser,
+        "report on held-out training images (5,000 MNIST images after "
         "--max-train; digits: 300) instead of the test set; use this to "
         "choose the feature weights",
     )
-    parser.add_argument(
+    add, positive = parser.add_argument, _common.positive
+    add(
         "--max-train",
-        type=_positive(int),
+        type=positive(int),
         default=None,
         help="training images to use, the first ones (None: 20,000 for "
         "MNIST, all for digits)",
     )
-    parser.add_argument(
+    add(
         "--teacher-widths",
-        type=_positive(int),
+        type=positive(int),
         nargs="+",
         default=[32, 64, 128],
         help="channels of each of the teacher's convolution blocks",
     )
-    parser.add_argument(
+    add(
         "--student-widths",
-        type=_positive(int),
+        type=positive(int),
         nargs="+",
         default=[8, 16, 32],
         help="channels of each of the student's blocks (as many as the teacher's)",
     )
-    parser.add_argument(
+    add(
         "--tap-block",
-        type=_positive(int),
+        type=positive(int),
         default=2,
         help="the block (from 1) whose convolution both feature terms read",
     )
-    parser.add_argument(
-        "--dropout", type=float, default=0.3, help="the teacher's dropout rate"
-    )
-    parser.add_argument("--teacher-epochs", type=_positive(int), default=10)
-    parser.add_argument(
+    add("--dropout", type=float, default=0.3, help="the teacher's dropout rate")
+    add("--teacher-epochs", type=positive(int), default=10)
+    add(
         "--student-epochs",
-        type=_positive(int),
+        type=positive(int),
         default=10,
         help="epochs of every student",
     )
-    parser.add_argument(
+    add(
         "--temperature",
-        type=_positive(float),
+        type=positive(float),
         default=4.0,
         help="temperature of the KL term of every distilled student",
     )
-    parser.add_argument(
-        "--alpha",
-        type=float,
-        default=0.9,
-        help="weight of the KL term (1 - alpha weights the hard labels)",
+    _common.add_alpha(
+        parser, 0.9, "weight of the KL term (1 - alpha weights the hard labels)"
     )
-    parser.add_argument(
-        "--hint-weight",
-        type=_non_negative,
-        nargs="+",
-        default=[10.0],
-        help="weight of the FitNets hint (MSE); several values: one student each",
-    )
-    parser.add_argument(
-        "--at-weight",
-        type=_non_negative,
-        nargs="+",
-        default=[100.0],
-        help="weight of attention transfer; several values: one student each",
-    )
-    parser.add_argument(
-        "--learning-rate",
-        type=_positive(float),
-        default=1e-3,
-        help="Adam's initial learning rate (cosine decay to 0)",
-    )
-    parser.add_argument("--batch-size", type=_positive(int), default=128)
-    parser.add_argument(
-        "--verbose", action="store_true", help="show Keras's per-epoch logs"
-    )
+    for option, default, term in (
+        ("hint", 10.0, "the FitNets hint (MSE)"),
+        ("at", 100.0, "attention transfer"),
+    ):
+        add(
+            f"--{option}-weight",
+            type=_common.non_negative(float),
+            nargs="+",
+            default=[default],
+            help=f"weight of {term}; several values: one student each",
+        )
+    _common.add_optimizer(parser, checked=True)
+    _common.add_verbose(parser)
+    return parser
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = _build_parser()
     args = parser.parse_args(argv)
     if len(args.student_widths) != len(args.teacher_widths):
         parser.error(
@@ -521,17 +407,9 @@ def parse_args(argv=None) -> argparse.Namespace:
             f"argument --tap-block: the networks have {len(args.teacher_widths)} "
             f"blocks, got {args.tap_block}"
         )
-    if not 0.0 <= args.dropout < 1.0:
-        parser.error(f"argument --dropout: must be in [0, 1), got {args.dropout:g}")
-    if not 0.0 <= args.alpha <= 1.0:
-        parser.error(f"argument --alpha: must be in [0, 1], got {args.alpha:g}")
-    for option in ("hint_weight", "at_weight"):
-        weights = getattr(args, option)
-        if len(set(weights)) != len(weights):
-            parser.error(
-                f"argument --{option.replace('_', '-')}: each weight once, got "
-                f"{' '.join(f'{w:g}' for w in weights)}"
-            )
+    _common.check_fraction(parser, args, "dropout", closed=False)
+    _common.check_fraction(parser, args, "alpha")
+    _common.check_distinct(parser, args, "hint_weight", "at_weight")
     return args
 
 
@@ -558,38 +436,21 @@ def main(argv=None) -> dict:
     data = load_data(args.dataset, args.data_dir, args.validation, args.max_train)
     (x_train, y_train), (_, y_eval) = data
     num_classes = int(max(y_train.max(), y_eval.max())) + 1
-    per_seed = []
-    for seed in args.seeds:
-        run = run_seed(seed, data, args)
-        per_seed.append(run)
-        if args.verbose:
-            print(f"seed {seed}: {run['accuracy']} ({run['wall_time_s']:.0f} s)")
-    names = list(per_seed[0]["accuracy"])
-    mean = {
-        name: float(np.mean([run["accuracy"][name] for run in per_seed]))
-        for name in names
-    }
-    distilled = [name for name in names if name not in ("teacher", "scratch")]
-    results = {
-        "dataset": args.dataset,
-        "split": "validation" if args.validation else "test",
-        "n_train": int(len(x_train)),
-        "n_eval": int(len(y_eval)),
-        "seeds": list(args.seeds),
-        "per_seed": per_seed,
-        "mean_accuracy": mean,
-        "gain_over_scratch": {name: mean[name] - mean["scratch"] for name in distilled},
-        "wins_over_scratch": {
-            name: sum(
-                run["accuracy"][name] > run["accuracy"]["scratch"] for run in per_seed
-            )
-            for name in distilled
-        },
-        "headers": {name: header for name, (header, _) in students(args).items()},
-        "taps": tap_shapes(args, x_train.shape[1:], num_classes),
-        "wall_time_s": time.perf_counter() - start,
-        "config": {k: v for k, v in vars(args).items() if k != "verbose"},
-    }
+    per_seed = _common.run_seeds(args, lambda s: run_seed(s, data, args), "accuracy")
+    mean = _common.mean_over_seeds(per_seed, "accuracy")
+    distilled = [name for name in mean if name not in ("teacher", "scratch")]
+    results = _common.summary(
+        args,
+        per_seed,
+        len(y_eval),
+        start,
+        n_train=int(len(x_train)),
+        mean_accuracy=mean,
+        gain_over_scratch={name: mean[name] - mean["scratch"] for name in distilled},
+        wins_over_scratch=_common.wins_over(per_seed, "accuracy", distilled),
+        headers={name: header for name, (header, _) in students(args).items()},
+        taps=tap_shapes(args, x_train.shape[1:], num_classes),
+    )
     print_results(results)
     return results
 

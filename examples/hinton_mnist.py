@@ -64,14 +64,17 @@ download). All models are `keras_kd.models.mlp`.
 from __future__ import annotations
 
 import os
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # for _common
 
 import argparse
 import time
 
 import numpy as np
 
+import _common
 import keras_kd as kd
 from keras_kd import models
 from keras_kd.backend import keras
@@ -106,24 +109,13 @@ def evaluation_data(
         `validation`, the evaluation set is the test set that
         `kd.data.load_image_classification` defines.
     """
-    train, test, _, _ = kd.data.load_image_classification(dataset, data_dir=data_dir)
-    if validation:
-        return kd.data.split_validation(*train, _VALIDATION_SIZE[dataset])
-    return train, test
-
-
-def _optimizer(learning_rate: float, epochs: int, steps_per_epoch: int):
-    """Adam with a cosine decay of the learning rate to 0 over the run."""
-    schedule = keras.optimizers.schedules.CosineDecay(
-        learning_rate, decay_steps=max(1, epochs * steps_per_epoch)
-    )
-    return keras.optimizers.Adam(schedule)
+    size = _VALIDATION_SIZE[dataset]
+    return _common.image_splits(dataset, data_dir, size, validation)
 
 
 def count_errors(model, x, y) -> int:
     """Number of examples whose arg-max prediction is not the label."""
-    logits = model.predict(x, batch_size=1000, verbose=0)
-    return int(np.sum(np.argmax(logits, axis=-1) != y))
+    return int(np.sum(_common.predicted(model, x) != y))
 
 
 def gap_closed(teacher: float, scratch: float, distilled: float):
@@ -137,6 +129,15 @@ def gap_closed(teacher: float, scratch: float, distilled: float):
     if scratch - teacher <= 0:
         return None
     return (scratch - distilled) / (scratch - teacher)
+
+
+def student_gaps(errors: dict) -> dict:
+    """`gap_closed` of each student in `errors` (per seed or mean)."""
+    return {
+        name: gap_closed(errors["teacher"], errors["scratch"], errors[name])
+        for name in _STUDENTS
+        if name in errors
+    }
 
 
 def consistent_views(args, seed: int):
@@ -159,35 +160,25 @@ def run_seed(seed, data, args) -> dict:
     (x_train, y_train), (x_eval, y_eval) = data
     input_shape = x_train.shape[1:]
     num_classes = int(max(y_train.max(), y_eval.max())) + 1
-    steps = int(np.ceil(len(x_train) / args.batch_size))
-    verbose = 2 if args.verbose else 0
-    hard_loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    times = {}
-    start = time.perf_counter()
+    run = _common.SeedRun(seed, args, x_train, y_train)
 
-    keras.utils.set_random_seed(seed)
-    teacher = models.mlp(
-        input_shape,
-        num_classes,
-        hidden=(args.teacher_hidden,) * 2,
-        dropout=args.dropout,
-        input_dropout=args.input_dropout,
-        jitter=args.jitter,
-        name="teacher",
-    )
-    teacher.compile(
-        optimizer=_optimizer(args.learning_rate, args.teacher_epochs, steps),
-        loss=hard_loss,
+    def train(name, trainer, epochs, **distillation):
+        run.compile(trainer, epochs, metrics=["accuracy"], **distillation)
+        run.fit(name, trainer, epochs)
+
+    teacher = run.teacher(
+        lambda: models.mlp(
+            input_shape,
+            num_classes,
+            hidden=(args.teacher_hidden,) * 2,
+            dropout=args.dropout,
+            input_dropout=args.input_dropout,
+            jitter=args.jitter,
+            name="teacher",
+        ),
+        args.teacher_epochs,
         metrics=["accuracy"],
     )
-    teacher.fit(
-        x_train,
-        y_train,
-        batch_size=args.batch_size,
-        epochs=args.teacher_epochs,
-        verbose=verbose,
-    )
-    times["teacher"] = time.perf_counter() - start
 
     # Every student starts from the same weights and sees the same batches.
     keras.utils.set_random_seed(seed + 1000)
@@ -200,47 +191,23 @@ def run_seed(seed, data, args) -> dict:
         model.set_weights(initial_weights)
         return model
 
-    def fit(model, epochs, run):
-        begin = time.perf_counter()
-        model.fit(
-            x_train,
-            y_train,
-            batch_size=args.batch_size,
-            epochs=epochs,
-            verbose=verbose,
-        )
-        times[run] = time.perf_counter() - begin
-
     distillation = dict(
         distillation_loss=kd.losses.KLDivergence(temperature=args.temperature),
         alpha=args.alpha,
     )
     distilled = student("distilled_student")
-
     keras.utils.set_random_seed(seed + 2000)
-    scratch.compile(
-        optimizer=_optimizer(args.learning_rate, args.student_epochs, steps),
-        loss=hard_loss,
-        metrics=["accuracy"],
-    )
-    fit(scratch, args.student_epochs, "scratch")
-
+    train("scratch", scratch, args.student_epochs)
     keras.utils.set_random_seed(seed + 2000)
     distiller = kd.Distiller(teacher=teacher, student=distilled)
-    distiller.compile(
-        optimizer=_optimizer(args.learning_rate, args.student_epochs, steps),
-        loss=hard_loss,
-        metrics=["accuracy"],
-        **distillation,
-    )
-    fit(distiller, args.student_epochs, "distilled")
+    train("distilled", distiller, args.student_epochs, **distillation)
     trained = {"teacher": teacher, "scratch": scratch, "distilled": distilled}
 
     if args.consistent_epochs:
         # Run 5 (the control) then run 4: same views, with and without the
         # teacher.
-        for run, run_teacher in (("jittered", None), ("consistent", teacher)):
-            model = student(f"{run}_student")
+        for name, run_teacher in (("jittered", None), ("consistent", teacher)):
+            model = student(f"{name}_student")
             keras.utils.set_random_seed(seed + 2000)
             augmentation, mixup = consistent_views(args, seed)
             distiller = kd.Distiller(
@@ -249,33 +216,21 @@ def run_seed(seed, data, args) -> dict:
                 augmentation=augmentation,
                 mixup=mixup,
             )
-            distiller.compile(
-                optimizer=_optimizer(args.learning_rate, args.consistent_epochs, steps),
-                loss=hard_loss,
-                metrics=["accuracy"],
-                **(distillation if run_teacher is not None else {}),
-            )
-            fit(distiller, args.consistent_epochs, run)
-            trained[run] = model
+            terms = distillation if run_teacher is not None else {}
+            train(name, distiller, args.consistent_epochs, **terms)
+            trained[name] = model
 
     errors = {
         name: count_errors(model, x_eval, y_eval) for name, model in trained.items()
     }
-    gaps = {
-        name: gap_closed(errors["teacher"], errors["scratch"], errors[name])
-        for name in _STUDENTS
-        if name in errors
-    }
-    return {
-        "seed": seed,
-        "errors": errors,
-        "gap_closed": gaps["distilled"],
-        "gaps": gaps,
-        "train_time_s": times,
-        "wall_time_s": time.perf_counter() - start,
-        "initial_weights": initial_weights,
-        "models": trained,
-    }
+    gaps = student_gaps(errors)
+    return run.result(
+        errors=errors,
+        gap_closed=gaps["distilled"],
+        gaps=gaps,
+        initial_weights=initial_weights,
+        models=trained,
+    )
 
 
 def _percent(share) -> str:
@@ -305,7 +260,7 @@ def print_results(results: dict) -> None:
     print()
     print(
         f"{results['dataset']} {split} errors out of {n:,} "
-        f"(seeds {' '.join(map(str, results['seeds']))})"
+        f"(seeds {_common.seeds_text(results['seeds'])})"
     )
 
     def row(label, errors, gaps, number):
@@ -341,87 +296,66 @@ def print_results(results: dict) -> None:
             f"distilled with it; {config['consistent_epochs']} epochs each. "
             "Gaps: (scratch - student) / (scratch - teacher)."
         )
-    print(f"wall time: {results['wall_time_s']:.0f} s")
+    _common.print_wall_time(results)
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description="Hinton et al. 2015 on MNIST: a 2x1200 teacher with "
+def _build_parser() -> argparse.ArgumentParser:
+    parser = _common.parser(
+        "Hinton et al. 2015 on MNIST: a 2x1200 teacher with "
         "dropout and jitter, a 2x800 student from scratch, the same "
         "student distilled at a high temperature with keras_kd, and "
-        "consistent teaching (the jitter applied to teacher and student).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        "consistent teaching (the jitter applied to teacher and student)."
     )
-    parser.add_argument(
-        "--dataset",
-        choices=["mnist", "digits"],
-        default="mnist",
-        help="MNIST from tfds, or scikit-learn's 8x8 digits "
-        "(offline, for quick checks)",
-    )
-    parser.add_argument(
-        "--data-dir", default=None, help="TFDS data dir holding MNIST (None: download)"
-    )
-    parser.add_argument(
-        "--seeds",
-        type=int,
-        nargs="+",
-        default=[0, 1, 2],
-        help="one full run (teacher and every student) per seed",
-    )
-    parser.add_argument(
-        "--validation",
-        action="store_true",
-        help="hold out the end of the training set (10,000 "
+    _common.add_dataset(parser, digits="offline, for quick checks")
+    _common.add_seeds(parser)
+    _common.add_validation(
+        parser,
+        "hold out the end of the training set (10,000 "
         "MNIST images) and report errors on it instead of the "
         "test set; use this to tune hyperparameters",
     )
-    parser.add_argument("--teacher-epochs", type=int, default=30)
-    parser.add_argument(
+    add = parser.add_argument
+    add("--teacher-epochs", type=int, default=30)
+    add(
         "--student-epochs",
         type=int,
         default=15,
         help="epochs of both the scratch and the distilled student",
     )
-    parser.add_argument(
+    add(
         "--consistent-epochs",
         type=int,
         default=30,
         help="epochs of the consistent-teaching student and of its "
         "jittered control (0: skip both)",
     )
-    parser.add_argument(
-        "--teacher-hidden",
-        type=int,
-        default=1200,
-        help="units in each of the teacher's two hidden layers",
-    )
-    parser.add_argument(
-        "--student-hidden",
-        type=int,
-        default=800,
-        help="units in each of the student's two hidden layers",
-    )
-    parser.add_argument(
+    for side, units in (("teacher", 1200), ("student", 800)):
+        add(
+            f"--{side}-hidden",
+            type=int,
+            default=units,
+            help=f"units in each of the {side}'s two hidden layers",
+        )
+    add(
         "--dropout",
         type=float,
         default=0.3,
         help="teacher's dropout rate after each hidden layer",
     )
-    parser.add_argument(
+    add(
         "--input-dropout",
         type=float,
         default=0.0,
         help="teacher's dropout rate on the input pixels",
     )
-    parser.add_argument(
+    add(
         "--jitter",
         type=int,
         default=2,
         help="teacher's random input translation, in pixels; the consistent "
         "and jittered students get the same",
     )
-    parser.add_argument(
+    add(
         "--mixup",
         type=float,
         default=None,
@@ -429,25 +363,15 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="also mix the inputs of the consistent and jittered students "
         "(Beta(ALPHA, ALPHA) mixup; the teacher labels the mixture)",
     )
-    parser.add_argument(
-        "--temperature", type=float, default=20.0, help="distillation temperature T"
-    )
-    parser.add_argument(
-        "--alpha",
-        type=float,
-        default=0.9,
-        help="weight of the distillation term (1 - alpha weights the hard labels)",
-    )
-    parser.add_argument(
-        "--learning-rate",
-        type=float,
-        default=1e-3,
-        help="Adam's initial learning rate (cosine decay to 0)",
-    )
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument(
-        "--verbose", action="store_true", help="show Keras's per-epoch logs"
-    )
+    add("--temperature", type=float, default=20.0, help="distillation temperature T")
+    _common.add_alpha(parser, 0.9)
+    _common.add_optimizer(parser)
+    _common.add_verbose(parser)
+    return parser
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = _build_parser()
     args = parser.parse_args(argv)
     if args.consistent_epochs < 0:
         parser.error(
@@ -476,23 +400,9 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     start = time.perf_counter()
     data = evaluation_data(args.dataset, args.data_dir, args.validation)
-    per_seed = []
-    for seed in args.seeds:
-        run = run_seed(seed, data, args)
-        per_seed.append(run)
-        if args.verbose:
-            print(f"seed {seed}: {run['errors']} ({run['wall_time_s']:.0f} s)")
-    mean_errors = {
-        name: float(np.mean([run["errors"][name] for run in per_seed]))
-        for name in per_seed[0]["errors"]
-    }
-    gaps = {
-        name: gap_closed(
-            mean_errors["teacher"], mean_errors["scratch"], mean_errors[name]
-        )
-        for name in _STUDENTS
-        if name in mean_errors
-    }
+    per_seed = _common.run_seeds(args, lambda s: run_seed(s, data, args), "errors")
+    mean_errors = _common.mean_over_seeds(per_seed, "errors")
+    gaps = student_gaps(mean_errors)
     results = {
         "dataset": args.dataset,
         "split": "validation" if args.validation else "test",
@@ -504,7 +414,7 @@ def main(argv=None) -> dict:
         "gaps": gaps,
         "paper_errors": dict(PAPER_ERRORS),
         "wall_time_s": time.perf_counter() - start,
-        "config": {k: v for k, v in vars(args).items() if k != "verbose"},
+        "config": _common.config(args),
     }
     print_results(results)
     return results

@@ -5,8 +5,8 @@ same initial weights with the same budget:
 
 1. Deep Mutual Learning (Zhang et al. 2018): `keras_kd.MutualLearning`
    trains a cohort of peers that learn from the labels and from each other.
-2. Online teacher-student: `keras_kd.Distiller(teacher, student,
-   train_teacher=True)` trains a large teacher and a small student at once.
+2. Online teacher-student: `keras_kd.OnlineDistiller(teacher, student)`
+   trains a large teacher and a small student at once.
 
     python examples/online_distillation.py --data-dir ../shared/datasets/tfds
     python examples/online_distillation.py --dataset digits      # offline, tiny
@@ -19,14 +19,17 @@ It prints per-peer test accuracy per seed and averaged, on the test set of
 from __future__ import annotations
 
 import os
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # for _common
 
 import argparse
 import time
 
 import numpy as np
 
+import _common
 import keras_kd as kd
 from keras_kd import models
 from keras_kd.backend import keras
@@ -34,9 +37,7 @@ from keras_kd.backend import keras
 
 def accuracy(model, x, y):
     """Top-1 accuracy of a Keras model."""
-    return float(
-        np.mean(np.argmax(model.predict(x, batch_size=1024, verbose=0), -1) == y)
-    )
+    return _common.accuracy(model, x, y, batch_size=1024)
 
 
 def hard():
@@ -88,7 +89,7 @@ def run_seed(seed, data, num_classes, args):
     student = mlp(args.student_hidden, "student")
     student_alone = keras.models.clone_model(student)
     student_alone.set_weights(student.get_weights())
-    online = kd.Distiller(teacher=teacher, student=student, train_teacher=True)
+    online = kd.OnlineDistiller(teacher=teacher, student=student)
     online.compile(
         optimizer=keras.optimizers.Adam(args.learning_rate),
         loss=hard(),
@@ -115,36 +116,30 @@ def run_seed(seed, data, num_classes, args):
     }
 
 
-def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--dataset", default="mnist", choices=["mnist", "digits"])
-    p.add_argument("--data-dir", default=None, help="TFDS data dir holding MNIST")
-    p.add_argument("--max-train", type=int, default=None)
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+def parse_args(argv=None) -> argparse.Namespace:
+    p = _common.parser(__doc__.split("\n\n")[0])
+    _common.add_dataset(p)
+    p.add_argument("--max-train", type=int, default=None, help="cap on training images")
+    _common.add_seeds(p, help=None)
     p.add_argument("--peers", type=int, default=2)
     p.add_argument("--peer-hidden", type=int, default=128)
     p.add_argument("--teacher-hidden", type=int, default=512)
     p.add_argument("--student-hidden", type=int, default=32)
     p.add_argument("--epochs", type=int, default=6)
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument(
-        "--alpha", type=float, default=0.5, help="weight of the distillation term"
-    )
-    p.add_argument("--learning-rate", type=float, default=1e-3)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--verbose", type=int, default=0)
-    args = p.parse_args(argv)
-    train, test, num_classes, _ = kd.data.load_image_classification(
-        args.dataset, data_dir=args.data_dir, max_train=args.max_train
-    )
+    _common.add_without_teacher(p, temperature=1.0)
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    train, test, num_classes = _common.load_images(args)
     data = (train, test)
     start = time.perf_counter()
     results = {seed: run_seed(seed, data, num_classes, args) for seed in args.seeds}
     seconds = time.perf_counter() - start
     print(
-        f"\n{args.dataset}: {len(train[0])} training / {len(test[0])} test "
-        f"images; {args.epochs} epochs, T={args.temperature}, "
-        f"alpha={args.alpha}; {seconds:.0f} s"
+        f"\n{_common.sizes_text(args.dataset, train, test)}; {args.epochs} epochs, "
+        f"T={args.temperature}, alpha={args.alpha}; {seconds:.0f} s"
     )
     print(
         f"\nDeep Mutual Learning, {args.peers} x MLP({args.peer_hidden}): test accuracy"

@@ -36,19 +36,19 @@ tf_keras by this flavour.
 from __future__ import annotations
 
 import os
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # _common, _deploy
 
 import argparse
-import platform
 import time
 
-import numpy as np
-
-from keras_kd import backend, data, export, models, optimize
+import _common
+import _deploy
+from _deploy import distill
+from keras_kd import backend, export, optimize
 from keras_kd.backend import keras
-from keras_kd.distiller import Distiller
-from keras_kd.losses import KLDivergence
 
 NEEDS_LEGACY = (
     "This example needs tf_keras: run it with TF_USE_LEGACY_KERAS=1 set "
@@ -63,25 +63,6 @@ def copy_model(model):
     copy = keras.models.clone_model(model)
     copy.set_weights(model.get_weights())
     return copy
-
-
-def accuracy(model, x, y) -> float:
-    """Top-1 accuracy of a Keras model."""
-    return float(np.mean(model.predict(x, batch_size=1000, verbose=0).argmax(-1) == y))
-
-
-def distill(teacher, student, train_ds, epochs, learning_rate, args):
-    """Distils `student` from `teacher` for `epochs` epochs."""
-    distiller = Distiller(teacher=teacher, student=student)
-    distiller.compile(
-        optimizer=keras.optimizers.Adam(learning_rate),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-        distillation_loss=KLDivergence(temperature=args.temperature),
-        alpha=args.alpha,
-    )
-    distiller.fit(train_ds, epochs=epochs, verbose=2 if args.verbose else 0)
-    return student
 
 
 def export_row(model, path, quantization, train_ds, test, args, calibrate=True) -> dict:
@@ -102,7 +83,7 @@ def export_row(model, path, quantization, train_ds, test, args, calibrate=True) 
         "size_bytes": report.size_bytes,
         "gzipped_bytes": optimize.gzipped_size(path),
         "accuracy": export.evaluate_tflite(path, test),
-        "keras_accuracy": accuracy(model, *test),
+        "keras_accuracy": _common.accuracy(model, *test),
         "top1_agreement": report.top1_agreement,
         "max_abs_diff": report.max_abs_diff,
     }
@@ -254,79 +235,53 @@ def print_tables(results: dict) -> None:
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description="Post-training int8 quantization against quantization-"
+    parser = _common.parser(
+        "Post-training int8 quantization against quantization-"
         "aware distillation, and pruning-aware distillation to 50%% / 80%% "
-        "sparsity, on MNIST. " + NEEDS_LEGACY.replace("%", "%%"),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        "sparsity, on MNIST. " + NEEDS_LEGACY.replace("%", "%%")
     )
-    parser.add_argument(
-        "--dataset",
-        choices=["mnist", "digits"],
-        default="mnist",
-        help="MNIST from tfds, or scikit-learn's 8x8 digits (offline, seconds)",
-    )
-    parser.add_argument(
-        "--data-dir", default=None, help="TFDS data dir holding MNIST (None: download)"
-    )
-    parser.add_argument(
-        "--out-dir",
-        default=os.path.join("runs", "qat_distillation"),
-        help="where the .tflite files are written",
-    )
-    parser.add_argument(
-        "--max-train",
-        type=int,
-        default=None,
-        help="train on at most this many images (None: all)",
-    )
-    parser.add_argument("--teacher-epochs", type=int, default=3)
-    parser.add_argument(
+    _deploy.add_options(parser, os.path.join("runs", "qat_distillation"))
+    add = parser.add_argument
+    add("--teacher-epochs", type=int, default=3)
+    add(
         "--student-epochs",
         type=int,
         default=3,
         help="epochs of float distillation before PTQ / QAT",
     )
-    parser.add_argument(
+    add(
         "--finetune-epochs",
         type=int,
         default=1,
         help="epochs of quantization-aware distillation (and "
         "of the PTQ, same-epochs baseline)",
     )
-    parser.add_argument(
+    add(
         "--prune-epochs",
         type=int,
         default=2,
         help="epochs of pruning-aware distillation",
     )
-    parser.add_argument(
+    add(
         "--prune-end-fraction",
         type=float,
         default=0.7,
         help="share of the pruning epochs after which the target sparsity is reached",
     )
-    parser.add_argument("--sparsities", type=float, nargs="+", default=[0.5, 0.8])
-    parser.add_argument("--temperature", type=float, default=4.0)
-    parser.add_argument(
-        "--alpha",
-        type=float,
-        default=0.5,
-        help="weight of the distillation term (1 - alpha weights the hard labels)",
-    )
-    parser.add_argument("--learning-rate", type=float, default=1e-3)
-    parser.add_argument(
+    add("--sparsities", type=float, nargs="+", default=[0.5, 0.8])
+    add("--temperature", type=float, default=4.0)
+    _common.add_alpha(parser, 0.5)
+    add("--learning-rate", type=float, default=1e-3)
+    add(
         "--finetune-learning-rate",
         type=float,
         default=2e-4,
         help="learning rate of the QAT and pruning phases",
     )
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--calibration-samples", type=int, default=500)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--verbose", action="store_true", help="show Keras's per-epoch logs"
-    )
+    add("--batch-size", type=int, default=128)
+    add("--calibration-samples", type=int, default=500)
+    add("--seed", type=int, default=0)
+    _common.add_verbose(parser)
     return parser
 
 
@@ -357,49 +312,25 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     start = time.perf_counter()
     os.makedirs(args.out_dir, exist_ok=True)
-    (x_train, y_train), test, num_classes, _ = data.load_image_classification(
-        args.dataset, data_dir=args.data_dir, max_train=args.max_train
-    )
-    train_ds = data.to_dataset(
-        x_train, y_train, args.batch_size, shuffle=True, shuffle_buffer=10_000
-    )
-    steps_per_epoch = int(np.ceil(len(x_train) / args.batch_size))
-    input_shape = test[0].shape[1:]
-    verbose = 2 if args.verbose else 0
-
+    train_ds, test, num_classes, steps_per_epoch = _deploy.load(args)
     # The teacher and the student of examples/deploy_tflite.py.
-    keras.utils.set_random_seed(args.seed)
-    teacher = models.mlp(
-        input_shape, num_classes, hidden=(512, 512), dropout=0.3, name="teacher"
+    teacher, student = _deploy.teacher_and_student(
+        train_ds, test[0].shape[1:], num_classes, args
     )
-    teacher.compile(
-        optimizer=keras.optimizers.Adam(args.learning_rate),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-    )
-    teacher.fit(train_ds, epochs=args.teacher_epochs, verbose=verbose)
-    keras.utils.set_random_seed(args.seed + 1)
-    student = models.strided_cnn(
-        input_shape, num_classes, filters=16, hidden=64, name="student"
-    )
-    student = distill(
-        teacher, student, train_ds, args.student_epochs, args.learning_rate, args
-    )
-
     results = {
         "dataset": args.dataset,
-        "teacher_accuracy": accuracy(teacher, *test),
-        "student_accuracy": accuracy(student, *test),
+        "teacher_accuracy": _common.accuracy(teacher, *test),
+        "student_accuracy": _common.accuracy(student, *test),
         "student_params": int(student.count_params()),
         "n_test": int(len(test[1])),
         "int8": run_int8(teacher, student, train_ds, test, args.out_dir, args),
         "pruning": run_pruning(
             teacher, student, train_ds, steps_per_epoch, test, args.out_dir, args
         ),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
+        "machine": _deploy.machine(),
     }
     results["wall_time_s"] = time.perf_counter() - start
-    results["config"] = {k: v for k, v in vars(args).items() if k != "verbose"}
+    results["config"] = _common.config(args)
     print_tables(results)
     return results
 

@@ -18,14 +18,17 @@ one-hidden-layer `keras_kd.models.mlp`.
 from __future__ import annotations
 
 import os
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # for _common
 
 import argparse
 import time
 
 import numpy as np
 
+import _common
 import keras_kd as kd
 from keras_kd import models
 from keras_kd.backend import keras
@@ -77,33 +80,27 @@ def run_seed(seed, data, num_classes, args):
     model = make_model()
     for result in born_again.generation_results:
         model.set_weights(result["weights"])
-        pred = np.argmax(model.predict(x_te, batch_size=1024, verbose=0), -1)
-        accuracies.append(float(np.mean(pred == y_te)))
+        accuracies.append(_common.accuracy(model, x_te, y_te, batch_size=1024))
         weights.append(result["weights"])
     return accuracies, weights
 
 
-def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--dataset", default="mnist", choices=["mnist", "digits"])
-    p.add_argument("--data-dir", default=None, help="TFDS data dir holding MNIST")
+def parse_args(argv=None) -> argparse.Namespace:
+    p = _common.parser(__doc__.split("\n\n")[0])
+    _common.add_dataset(p)
     p.add_argument("--max-train", type=int, default=None, help="cap on training images")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    _common.add_seeds(p, help=None)
     p.add_argument("--generations", type=int, default=3)
     p.add_argument("--epochs", type=int, default=6, help="epochs per generation")
     p.add_argument("--hidden", type=int, default=128)
     p.add_argument("--dropout", type=float, default=0.0)
-    p.add_argument("--temperature", type=float, default=4.0)
-    p.add_argument(
-        "--alpha", type=float, default=0.5, help="weight of the distillation term"
-    )
-    p.add_argument("--learning-rate", type=float, default=1e-3)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--verbose", type=int, default=0)
-    args = p.parse_args(argv)
-    train, test, num_classes, _ = kd.data.load_image_classification(
-        args.dataset, data_dir=args.data_dir, max_train=args.max_train
-    )
+    _common.add_without_teacher(p, temperature=4.0)
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    train, test, num_classes = _common.load_images(args)
     data = (train, test)
     start = time.perf_counter()
     runs = {seed: run_seed(seed, data, num_classes, args) for seed in args.seeds}
@@ -111,7 +108,7 @@ def main(argv=None) -> dict:
     seconds = time.perf_counter() - start
     table = np.array([per_seed[s] for s in args.seeds])
     print(
-        f"\n{args.dataset}: {len(train[0])} training / {len(test[0])} test images; "
+        f"\n{_common.sizes_text(args.dataset, train, test)}; "
         f"MLP({args.hidden}), {args.epochs} epochs a generation, T={args.temperature}, "
         f"alpha={args.alpha}; {seconds:.0f} s"
     )

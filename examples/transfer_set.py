@@ -72,14 +72,17 @@ quick checks without a download; those figures check the plumbing.
 from __future__ import annotations
 
 import os
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # for _common
 
 import argparse
 import time
 
 import numpy as np
 
+import _common
 import keras_kd as kd
 from keras_kd import models
 from keras_kd.backend import keras
@@ -118,10 +121,8 @@ def evaluation_data(
     Returns:
         `(x_pool, y_pool), (x_eval, y_eval)`.
     """
-    train, test, _, _ = kd.data.load_image_classification(dataset, data_dir=data_dir)
-    if validation:
-        return kd.data.split_validation(*train, _VALIDATION_SIZE[dataset])
-    return train, test
+    size = _VALIDATION_SIZE[dataset]
+    return _common.image_splits(dataset, data_dir, size, validation)
 
 
 def split_labels(x, y, labels: int, seed: int = 0):
@@ -168,20 +169,27 @@ def split_labels(x, y, labels: int, seed: int = 0):
     return (x[index], y[index]), x[unlabelled], index
 
 
-def _optimizer(learning_rate: float, epochs: int, steps_per_epoch: int):
-    """Adam with a cosine decay of the learning rate to 0 over the run."""
-    schedule = keras.optimizers.schedules.CosineDecay(
-        learning_rate, decay_steps=max(1, epochs * steps_per_epoch)
-    )
-    return keras.optimizers.Adam(schedule)
-
-
-def _predicted(model, x):
-    return np.argmax(model.predict(x, batch_size=1000, verbose=0), axis=-1)
-
-
 def _jitter(args, seed):
     return kd.augment.jitter(args.jitter, seed=seed) if args.jitter else None
+
+
+def train_teacher(run: _common.SeedRun, shape, num_classes: int):
+    """The teacher, on its labels (`run`'s arrays), with jitter."""
+    args = run.args
+    keras.utils.set_random_seed(run.seed)
+    teacher = models.strided_cnn(
+        shape,
+        num_classes,
+        filters=args.teacher_filters,
+        hidden=args.teacher_hidden,
+        name="teacher",
+    )
+    trainer = kd.Distiller(
+        teacher=None, student=teacher, augmentation=_jitter(args, run.seed)
+    )
+    run.compile(trainer, args.teacher_epochs)
+    run.fit("teacher", trainer, args.teacher_epochs)
+    return teacher
 
 
 def run_seed(seed, labelled, unlabelled, teacher_data, evaluation, args) -> dict:
@@ -196,43 +204,11 @@ def run_seed(seed, labelled, unlabelled, teacher_data, evaluation, args) -> dict
         evaluation: `(x, y)` accuracy is measured on.
         args: the parsed arguments.
     """
-    x_lab, y_lab = labelled
     x_eval, y_eval = evaluation
-    shape = x_lab.shape[1:]
-    num_classes = int(max(y_lab.max(), y_eval.max())) + 1
-    hard_loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    verbose = 2 if args.verbose else 0
-    times = {}
-    start = time.perf_counter()
-
-    def steps(n):
-        return int(np.ceil(n / args.batch_size))
-
-    # The teacher, on its labels, with jitter.
-    keras.utils.set_random_seed(seed)
-    teacher = models.strided_cnn(
-        shape,
-        num_classes,
-        filters=args.teacher_filters,
-        hidden=args.teacher_hidden,
-        name="teacher",
-    )
-    trainer = kd.Distiller(
-        teacher=None, student=teacher, augmentation=_jitter(args, seed)
-    )
-    trainer.compile(
-        optimizer=_optimizer(
-            args.learning_rate, args.teacher_epochs, steps(len(teacher_data[1]))
-        ),
-        loss=hard_loss,
-    )
-    trainer.fit(
-        *teacher_data,
-        batch_size=args.batch_size,
-        epochs=args.teacher_epochs,
-        verbose=verbose,
-    )
-    times["teacher"] = time.perf_counter() - start
+    shape = labelled[0].shape[1:]
+    num_classes = int(max(labelled[1].max(), y_eval.max())) + 1
+    run = _common.SeedRun(seed, args, *teacher_data)
+    teacher = train_teacher(run, shape, num_classes)
 
     # Every student starts from these weights.
     keras.utils.set_random_seed(seed + 1000)
@@ -244,8 +220,8 @@ def run_seed(seed, labelled, unlabelled, teacher_data, evaluation, args) -> dict
         alpha=args.alpha,
     )
 
-    def train(run, run_teacher, data, epochs, steps_per_epoch, augmentation=None):
-        student = models.mlp(shape, num_classes, hidden, name=f"{run}_student")
+    def train(name, run_teacher, data, epochs, steps_per_epoch, augmentation=None):
+        student = models.mlp(shape, num_classes, hidden, name=f"{name}_student")
         student.set_weights(initial_weights)
         keras.utils.set_random_seed(seed + 2000)  # the same batches in each run
         model = student
@@ -253,27 +229,23 @@ def run_seed(seed, labelled, unlabelled, teacher_data, evaluation, args) -> dict
             model = kd.Distiller(
                 teacher=run_teacher, student=student, augmentation=augmentation
             )
-        model.compile(
-            optimizer=_optimizer(args.learning_rate, epochs, steps_per_epoch),
-            loss=hard_loss,
-            **(distillation if run_teacher is not None else {}),
-        )
-        begin = time.perf_counter()
-        if not epochs:
-            pass  # left untrained (tf_keras's fit refuses 0 epochs)
-        elif isinstance(data, tuple):
-            model.fit(*data, batch_size=args.batch_size, epochs=epochs, verbose=verbose)
-        else:
-            model.fit(data, epochs=epochs, shuffle=False, verbose=verbose)
-        times[run] = time.perf_counter() - begin
-        trained[run] = student
+        terms = distillation if run_teacher is not None else {}
+        run.compile(model, epochs, steps_per_epoch, **terms)
+        fit_args = dict(epochs=epochs, verbose=run.verbose)
+        with _common.timed(run.times, name):
+            if not epochs:
+                pass  # left untrained (tf_keras's fit refuses 0 epochs)
+            elif isinstance(data, tuple):
+                model.fit(*data, batch_size=args.batch_size, **fit_args)
+            else:
+                model.fit(data, shuffle=False, **fit_args)
+        trained[name] = student
 
-    label_steps = steps(len(y_lab))
-    train("scratch", None, labelled, args.label_epochs, label_steps)
-    train(
-        "jittered", None, labelled, args.label_epochs, label_steps, _jitter(args, seed)
-    )
-    train("distilled", teacher, labelled, args.label_epochs, label_steps)
+    label_steps = _common.steps_per_epoch(len(labelled[1]), args.batch_size)
+    epochs = args.label_epochs
+    train("scratch", None, labelled, epochs, label_steps)
+    train("jittered", None, labelled, epochs, label_steps, _jitter(args, seed))
+    train("distilled", teacher, labelled, epochs, label_steps)
 
     def mixed():
         return kd.data.mix(
@@ -284,52 +256,32 @@ def run_seed(seed, labelled, unlabelled, teacher_data, evaluation, args) -> dict
             seed=seed,
         )
 
-    transfer_steps = int(mixed().cardinality())
-    train("transfer", teacher, mixed(), args.transfer_epochs, transfer_steps)
+    steps, epochs = int(mixed().cardinality()), args.transfer_epochs
+    train("transfer", teacher, mixed(), epochs, steps)
     if args.consistent:
-        train(
-            "consistent",
-            teacher,
-            mixed(),
-            args.transfer_epochs,
-            transfer_steps,
-            _jitter(args, seed),
-        )
+        train("consistent", teacher, mixed(), epochs, steps, _jitter(args, seed))
 
-    predictions = {name: _predicted(m, x_eval) for name, m in trained.items()}
-    return {
-        "seed": seed,
-        "accuracy": {
-            name: float(np.mean(p == y_eval)) for name, p in predictions.items()
-        },
-        "agreement": {
+    predictions = {name: _common.predicted(m, x_eval) for name, m in trained.items()}
+    return run.result(
+        accuracy={name: float(np.mean(p == y_eval)) for name, p in predictions.items()},
+        agreement={
             name: float(np.mean(p == predictions["teacher"]))
             for name, p in predictions.items()
             if name != "teacher"
         },
-        "transfer_steps_per_epoch": transfer_steps,
-        "train_time_s": times,
-        "wall_time_s": time.perf_counter() - start,
-        "initial_weights": initial_weights,
-        "models": trained,
-    }
-
-
-def _mlp_shape(results) -> str:
-    layers = [results["input_size"], *results["config"]["student_hidden"]]
-    return "-".join(map(str, [*layers, results["num_classes"]]))
+        transfer_steps_per_epoch=steps,
+        initial_weights=initial_weights,
+        models=trained,
+    )
 
 
 def print_results(results: dict) -> None:
     """Prints the accuracies per seed and their mean, and the setting."""
     config = results["config"]
     names = ["teacher", *(s for s in STUDENTS if s in results["mean_accuracy"])]
-    widths = {name: max(9, len(name) + 2) for name in names}
+    table = _common.Table(names, 8, 9, 2)
     print()
-    print(
-        f"{results['dataset']} {results['split']} accuracy (%) on "
-        f"{results['n_eval']:,} images (seeds {' '.join(map(str, results['seeds']))})"
-    )
+    print(_common.accuracy_title(results))
     per_class = results["n_labelled"] // results["num_classes"]
     print(
         f"labelled: {results['n_labelled']:,} images (about {per_class} a class); "
@@ -346,122 +298,110 @@ def print_results(results: dict) -> None:
         f"teacher: strided convnet, {results['params']['teacher']:,} parameters, "
         f"trained on {source}, {jitter}, {config['teacher_epochs']} epochs"
     )
+    shape = _common.mlp_shape(
+        results["input_size"], config["student_hidden"], results["num_classes"]
+    )
     print(
-        f"student: MLP {_mlp_shape(results)}, {results['params']['student']:,} "
+        f"student: MLP {shape}, {results['params']['student']:,} "
         f"parameters; {config['label_epochs']} epochs on the labelled images, "
         f"{config['transfer_epochs']} passes over the transfer set "
         f"({results['transfer_steps_per_epoch']} steps each)"
     )
-    print(f"{'':<8}" + "".join(f"{name:>{widths[name]}}" for name in names))
-    for run in results["per_seed"]:
-        cells = "".join(f"{100 * run['accuracy'][n]:>{widths[n]}.2f}" for n in names)
-        print(f"{'seed ' + str(run['seed']):<8}{cells}")
+    percent = "{:.2f}".format
     mean = results["mean_accuracy"]
-    print(f"{'mean':<8}" + "".join(f"{100 * mean[n]:>{widths[n]}.2f}" for n in names))
-    agreement = results["mean_agreement"]
-    print(
-        f"{'agrees':<8}{'':>{widths['teacher']}}"
-        + "".join(f"{100 * agreement[n]:>{widths[n]}.2f}" for n in names[1:])
+    _common.print_seed_rows(
+        table, names, results["per_seed"], "accuracy", mean, lambda a: percent(100 * a)
     )
+    agreement = results["mean_agreement"]
+    print(table.row("agrees", ["", *(percent(100 * agreement[n]) for n in names[1:])]))
     print("agrees: mean % of evaluation images where the student predicts the")
     print("teacher's class. Students:")
     for name in names[1:]:
         print(f"  {name}: {_LEGEND[name]}")
-    print(f"wall time: {results['wall_time_s']:.0f} s")
+    _common.print_wall_time(results)
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description="1,000 labelled MNIST images and 59,000 unlabelled: a "
+def _build_parser() -> argparse.ArgumentParser:
+    parser = _common.parser(
+        "1,000 labelled MNIST images and 59,000 unlabelled: a "
         "scratch student against students distilled from a teacher on the "
-        "labels alone and on the labels plus the unlabelled transfer set.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        "labels alone and on the labels plus the unlabelled transfer set."
     )
-    parser.add_argument(
-        "--dataset",
-        choices=["mnist", "digits"],
-        default="mnist",
-        help="MNIST from tfds, or scikit-learn's 8x8 digits (offline)",
-    )
-    parser.add_argument(
-        "--data-dir", default=None, help="TFDS data dir holding MNIST (None: download)"
-    )
-    parser.add_argument(
-        "--seeds",
-        type=int,
-        nargs="+",
-        default=[0, 1, 2],
-        help="one full run (teacher and every student) per seed",
-    )
-    parser.add_argument(
-        "--validation",
-        action="store_true",
-        help="hold out the end of the training set (10,000 MNIST images) and "
+    _common.add_dataset(parser)
+    _common.add_seeds(parser)
+    _common.add_validation(
+        parser,
+        "hold out the end of the training set (10,000 MNIST images) and "
         "report on it instead of the test set; use this to choose settings",
     )
-    parser.add_argument(
+    add = parser.add_argument
+    add(
         "--labels",
         type=int,
         default=None,
         help="training images that keep their labels (None: 1000 for MNIST, "
         "100 for digits); the rest are the transfer set",
     )
-    parser.add_argument(
+    add(
         "--label-seed",
         type=int,
         default=0,
         help="seed of the draw of the labelled images (the same for every seed)",
     )
-    parser.add_argument(
+    add(
         "--teacher-labels",
         choices=["labelled", "all"],
         default="labelled",
         help="train the teacher on the labelled images only, or on every "
         "training label (a different scenario)",
     )
-    parser.add_argument(
+    add(
         "--teacher-epochs",
         type=int,
         default=None,
         help="None: 200 with --teacher-labels labelled, 10 with all",
     )
-    parser.add_argument(
+    add(
         "--teacher-filters",
         type=int,
         default=32,
         help="filters of the teacher's first convolution (the second has twice)",
     )
-    parser.add_argument(
-        "--teacher-hidden", type=int, default=128, help="the teacher's dense units"
-    )
-    parser.add_argument(
+    add("--teacher-hidden", type=int, default=128, help="the teacher's dense units")
+    _add_student_options(parser)
+    return parser
+
+
+def _add_student_options(parser: argparse.ArgumentParser) -> None:
+    add = parser.add_argument
+    add(
         "--student-hidden",
         type=int,
         nargs="+",
         default=[256],
         help="units of each of the student MLP's hidden layers",
     )
-    parser.add_argument(
+    add(
         "--label-epochs",
         type=int,
         default=150,
         help="epochs of the students trained on the labelled images only "
         "(0: left untrained, for checks)",
     )
-    parser.add_argument(
+    add(
         "--transfer-epochs",
         type=int,
         default=15,
         help="passes over the transfer set of the transfer students (0: left "
         "untrained, for checks)",
     )
-    parser.add_argument(
+    add(
         "--unlabelled-fraction",
         type=float,
         default=0.75,
         help="share of unlabelled images in each batch of kd.data.mix",
     )
-    parser.add_argument(
+    add(
         "--jitter",
         type=int,
         default=None,
@@ -469,31 +409,20 @@ def parse_args(argv=None) -> argparse.Namespace:
         "jittered and the consistent students (None: 2 for MNIST, 1 for "
         "digits; 0: none)",
     )
-    parser.add_argument(
+    add(
         "--consistent",
         action=argparse.BooleanOptionalAction,
         default=True,
         help="also run the transfer student with consistent teaching",
     )
-    parser.add_argument(
-        "--temperature", type=float, default=4.0, help="distillation temperature T"
-    )
-    parser.add_argument(
-        "--alpha",
-        type=float,
-        default=0.9,
-        help="weight of the distillation term (1 - alpha weights the hard labels)",
-    )
-    parser.add_argument(
-        "--learning-rate",
-        type=float,
-        default=1e-3,
-        help="Adam's initial learning rate (cosine decay to 0)",
-    )
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument(
-        "--verbose", action="store_true", help="show Keras's per-epoch logs"
-    )
+    add("--temperature", type=float, default=4.0, help="distillation temperature T")
+    _common.add_alpha(parser, 0.9)
+    _common.add_optimizer(parser)
+    _common.add_verbose(parser)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = _build_parser()
     args = parser.parse_args(argv)
     if args.labels is None:
         args.labels = _LABELS[args.dataset]
@@ -501,12 +430,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.jitter = _JITTER[args.dataset]
     if args.teacher_epochs is None:
         args.teacher_epochs = _TEACHER_EPOCHS[args.teacher_labels]
-    for name in ("teacher_epochs", "teacher_filters", "teacher_hidden", "batch_size"):
-        if getattr(args, name) < 1:
-            parser.error(f"argument --{name.replace('_', '-')}: must be >= 1")
-    for name in ("label_epochs", "transfer_epochs", "jitter"):
-        if getattr(args, name) < 0:
-            parser.error(f"argument --{name.replace('_', '-')}: must be >= 0")
+    positive = ("teacher_epochs", "teacher_filters", "teacher_hidden", "batch_size")
+    _common.check_minimum(parser, args, positive, 1)
+    _common.check_minimum(
+        parser, args, ("label_epochs", "transfer_epochs", "jitter"), 0
+    )
     if min(args.student_hidden) < 1:
         parser.error("argument --student-hidden: must be >= 1")
     return args
@@ -537,41 +465,31 @@ def main(argv=None) -> dict:
     # The only place the pool's labels are read: the labelled images above,
     # and, in the other scenario, the teacher's training set.
     teacher_data = labelled if args.teacher_labels == "labelled" else (x_pool, y_pool)
-    per_seed = []
-    for seed in args.seeds:
-        run = run_seed(seed, labelled, unlabelled, teacher_data, evaluation, args)
-        per_seed.append(run)
-        if args.verbose:
-            print(f"seed {seed}: {run['accuracy']} ({run['wall_time_s']:.0f} s)")
+    per_seed = _common.run_seeds(
+        args,
+        lambda s: run_seed(s, labelled, unlabelled, teacher_data, evaluation, args),
+        "accuracy",
+    )
     first = per_seed[0]
-    results = {
-        "dataset": args.dataset,
-        "split": "validation" if args.validation else "test",
-        "n_eval": int(len(evaluation[1])),
-        "seeds": list(args.seeds),
-        "per_seed": per_seed,
-        "mean_accuracy": {
-            name: float(np.mean([run["accuracy"][name] for run in per_seed]))
-            for name in first["accuracy"]
-        },
-        "mean_agreement": {
-            name: float(np.mean([run["agreement"][name] for run in per_seed]))
-            for name in first["agreement"]
-        },
-        "n_labelled": int(len(labelled[1])),
-        "n_unlabelled": int(len(unlabelled)),
-        "teacher_train_size": int(len(teacher_data[1])),
-        "labelled_index": index,
-        "num_classes": int(first["models"]["teacher"].output.shape[-1]),
-        "input_size": int(np.prod(x_pool.shape[1:])),
-        "params": {
+    results = _common.summary(
+        args,
+        per_seed,
+        len(evaluation[1]),
+        start,
+        mean_accuracy=_common.mean_over_seeds(per_seed, "accuracy"),
+        mean_agreement=_common.mean_over_seeds(per_seed, "agreement"),
+        n_labelled=int(len(labelled[1])),
+        n_unlabelled=int(len(unlabelled)),
+        teacher_train_size=int(len(teacher_data[1])),
+        labelled_index=index,
+        num_classes=int(first["models"]["teacher"].output.shape[-1]),
+        input_size=int(np.prod(x_pool.shape[1:])),
+        params={
             "teacher": first["models"]["teacher"].count_params(),
             "student": first["models"]["scratch"].count_params(),
         },
-        "transfer_steps_per_epoch": first["transfer_steps_per_epoch"],
-        "wall_time_s": time.perf_counter() - start,
-        "config": {k: v for k, v in vars(args).items() if k != "verbose"},
-    }
+        transfer_steps_per_epoch=first["transfer_steps_per_epoch"],
+    )
     print_results(results)
     return results
 

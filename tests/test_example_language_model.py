@@ -55,6 +55,13 @@ def example():
 
 
 @pytest.fixture(scope="module")
+def charlm(example):
+    """examples/_charlm.py (the text, windows and models), as the example
+    imported it."""
+    return example._charlm
+
+
+@pytest.fixture(scope="module")
 def results(example, tmp_path_factory):
     out_dir = tmp_path_factory.mktemp("lm")
     return example.main([*_TINY, "--out-dir", str(out_dir)])
@@ -190,16 +197,16 @@ def test_tflite_file_matches_the_keras_student(results, held_out):
     np.testing.assert_allclose(actual, expected, atol=1e-4)
 
 
-def test_sample_is_drawn_from_the_exported_student(example, results):
+def test_sample_is_drawn_from_the_exported_student(charlm, results):
     vocab, sample = results["vocab"], results["sample"]
     assert len(sample) == 30 and set(sample) <= set(vocab)
     assert results["prompt"] == np_text(24_000)[21_600 : 21_600 + 24]
     student = results["per_seed"][0]["models"]["combined"]
     prompt = [vocab.index(c) + 1 for c in results["prompt"]]
-    again = example.sample_text(student, prompt, vocab, 30, 0.8, seed=7)
+    again = charlm.sample_text(student, prompt, vocab, 30, 0.8, seed=7)
     assert again == sample
     # Greedy: each character the most likely one after the previous window.
-    greedy = example.sample_text(student, prompt, vocab, 3, 0.0, seed=0)
+    greedy = charlm.sample_text(student, prompt, vocab, 3, 0.0, seed=0)
     window = np.array([prompt], np.int32)
     for char in greedy:
         logits = np.asarray(student.predict(window, verbose=0))[0, -1]
@@ -227,20 +234,20 @@ def test_printed_table_shows_the_figures(example, results, capsys):
     assert repr(results["sample"]) in lines
 
 
-def test_text_splits_and_windows(example):
+def test_text_splits_and_windows(charlm):
     text = "abcdefghij" * 10
-    train, evaluation, vocab_text = example.split_text(text)
+    train, evaluation, vocab_text = charlm.split_text(text)
     assert (train, evaluation, vocab_text) == (text[:90], text[90:], text[:90])
-    train, evaluation, vocab_text = example.split_text(text, validation=True)
+    train, evaluation, vocab_text = charlm.split_text(text, validation=True)
     assert (train, evaluation, vocab_text) == (text[:81], text[81:90], text[:90])
-    vocab = example.build_vocab("cab")
-    ids = example.encode("abcz", vocab)
-    np.testing.assert_array_equal(ids, [1, 2, 3, example.UNKNOWN])
-    assert example.decode(ids, vocab) == "abc\ufffd"
-    x, y = example.eval_windows(np.arange(11), 3)
+    vocab = charlm.build_vocab("cab")
+    ids = charlm.encode("abcz", vocab)
+    np.testing.assert_array_equal(ids, [1, 2, 3, charlm.UNKNOWN])
+    assert charlm.decode(ids, vocab) == "abc\ufffd"
+    x, y = charlm.eval_windows(np.arange(11), 3)
     np.testing.assert_array_equal(x, [[0, 1, 2], [3, 4, 5], [6, 7, 8]])
     np.testing.assert_array_equal(y, x + 1)
-    x, y = example.train_windows(np.arange(50), 5, 20, np.random.default_rng(0))
+    x, y = charlm.train_windows(np.arange(50), 5, 20, np.random.default_rng(0))
     assert x.shape == y.shape == (20, 5)
     np.testing.assert_array_equal(y, x + 1)
     np.testing.assert_array_equal(np.diff(x, axis=1), 1)
