@@ -9,10 +9,14 @@
 `keras-kd <command> --help` describes each. A mistake the command can see
 (a bad argument, a missing file, a file that is not a Keras model, a model
 whose loading would run code without `--unsafe`, an output in a missing
-directory) ends with exit code 2 and one line on stderr naming the
-argument. The commands live in `demo` (the demo) and `commands` (`distill`,
-`export`, `report`); `_io` reads model files and data, `_args` holds the
-parser's types, the error type and the quiet-output helpers.
+directory, a teacher that scores no better than chance on the data) ends
+with exit code 2 and one line on stderr naming the argument. The commands
+live in `demo` (the demo, its options in `_demo_options`) and `commands`
+(`distill`, `export`, `report`); `_io` reads model files, `_data` the data
+(`--data`, `--split` in tfds's syntax), `_pixels` chooses each model's pixel
+range (`--pixel-range`), `_checks` scores the teacher against chance, and
+`_args` holds the parser's types, the error type and the quiet-output
+helpers.
 """
 
 from __future__ import annotations

@@ -12,14 +12,19 @@
 Model files are `.keras` files (or `.h5`), loaded with Keras's
 `safe_mode=True` unless `--unsafe` is passed. `--data` is a directory of
 images, one sub-directory per class (`DIR/<split>/` is used when it exists),
-or a tfds image-classification name (see `keras_kd.cli._io`).
+or a tfds image-classification name; `--split` takes tfds's slicing syntax
+(`train[:10%]`, `train+test`) for both (see `keras_kd.cli._data`). Each
+model is fed the pixel range it expects (`--pixel-range`, see
+`keras_kd.cli._pixels`), and `distill` stops before training when the
+teacher scores no better than chance on the first training images
+(`keras_kd.cli._checks`); `report` flags it.
 """
 
 from __future__ import annotations
 
 import os
 
-from keras_kd.cli import _io
+from keras_kd.cli import _checks, _data, _io, _pixels
 from keras_kd.cli._args import (
     UsageError,
     add_verbosity,
@@ -33,19 +38,39 @@ OBJECTIVES = ("kl", "standardized_kl", "soft_ce", "dist", "dkd")
 EXPORT_MODES = ("float32", "float16", "dynamic", "int8", "int8_io")
 
 
+# The temperature each objective gets without --temperature: compile's default
+# recipe (KL at T=1) for the KL family; DecoupledKD's own 4.
+DEFAULT_TEMPERATURES = {
+    "kl": 1.0,
+    "standardized_kl": 1.0,
+    "soft_ce": 1.0,
+    "dist": 1.0,
+    "dkd": 4.0,
+}
+
+
 def _objective(name: str, temperature):
     from keras_kd import losses
 
-    kwargs = {} if temperature is None else {"temperature": temperature}
+    if temperature is None:
+        temperature = DEFAULT_TEMPERATURES[name]
     if name == "kl":
-        return losses.KLDivergence(**kwargs)
+        return losses.KLDivergence(temperature)
     if name == "standardized_kl":
-        return losses.KLDivergence(standardize=True, **kwargs)
+        return losses.KLDivergence(temperature, standardize=True)
     if name == "soft_ce":
-        return losses.SoftTargetCrossEntropy(**kwargs)
+        return losses.SoftTargetCrossEntropy(temperature)
     if name == "dist":
-        return losses.DIST(**kwargs)
-    return losses.DecoupledKD(**kwargs)
+        return losses.DIST(temperature)
+    return losses.DecoupledKD(temperature)
+
+
+SPLIT_SYNTAX = (
+    "a name, a slice or a union in tfds's syntax (train, train[:80%%], "
+    "test[10%%:], train[:1000], train+test); in an image directory a name is "
+    "the sub-directory DIR/<name>/ and a slice takes its images in a fixed "
+    "shuffled order"
+)
 
 
 def _add_data(parser, split: str, what: str, required: bool = True) -> None:
@@ -63,7 +88,9 @@ def _add_data(parser, split: str, what: str, required: bool = True) -> None:
         "own, which downloads a missing set)",
     )
     parser.add_argument(
-        "--split", default=split, help=f"the split to use (default {split})"
+        "--split",
+        default=split,
+        help=f"the split to use: {SPLIT_SYNTAX} (default {split})",
     )
 
 
@@ -76,25 +103,7 @@ def _add_unsafe(parser) -> None:
     )
 
 
-def add_parsers(sub) -> None:
-    """Adds the `distill`, `export` and `report` commands to `sub`."""
-    distill = sub.add_parser(
-        "distill",
-        help="distil a teacher .keras file into a student .keras file",
-        description="Train the student with the teacher's soft targets and the "
-        "labels (loss = alpha * distillation + (1 - alpha) * cross-entropy), "
-        "save it, and optionally export it to .tflite.",
-    )
-    distill.add_argument("--teacher", required=True, help="the teacher .keras file")
-    distill.add_argument(
-        "--student", required=True, help="the student .keras file (its start)"
-    )
-    _add_data(distill, "train", "the training data")
-    distill.add_argument(
-        "--validation-split",
-        default=None,
-        help="a split to validate on after each epoch (e.g. test); default none",
-    )
+def _add_distill_objective(distill) -> None:
     distill.add_argument(
         "--objective",
         choices=OBJECTIVES,
@@ -106,7 +115,7 @@ def add_parsers(sub) -> None:
         "--temperature",
         type=positive_float,
         default=None,
-        help="softmax temperature (default: the objective's: 1, dkd 4)",
+        help="softmax temperature (default 1, as compile's default recipe; dkd 4)",
     )
     distill.add_argument(
         "--alpha",
@@ -114,6 +123,32 @@ def add_parsers(sub) -> None:
         default=0.5,
         help="weight of the distillation term, in [0, 1] (default 0.5)",
     )
+
+
+def _add_distill_parser(sub) -> None:
+    distill = sub.add_parser(
+        "distill",
+        help="distil a teacher .keras file into a student .keras file",
+        description="Train the student with the teacher's soft targets and the "
+        "labels (loss = alpha * distillation + (1 - alpha) * cross-entropy), "
+        "save it, and optionally export it to .tflite. Before training, the "
+        "teacher is scored on the first training images (at most "
+        f"{_checks.SCORED_IMAGES}); a teacher no better than chance stops the "
+        "command (exit code 2), naming the likely cause.",
+    )
+    distill.add_argument("--teacher", required=True, help="the teacher .keras file")
+    distill.add_argument(
+        "--student", required=True, help="the student .keras file (its start)"
+    )
+    _add_data(distill, "train", "the training data")
+    distill.add_argument(
+        "--validation-split",
+        default=None,
+        help="a split to validate on after each epoch (e.g. test, or "
+        "train[90%%:] beside --split train[:90%%]); default none",
+    )
+    _pixels.add_option(distill, ("teacher", "student"))
+    _add_distill_objective(distill)
     distill.add_argument("--epochs", type=positive_int, default=10)
     distill.add_argument("--batch-size", type=positive_int, default=64)
     distill.add_argument("--learning-rate", type=positive_float, default=1e-3)
@@ -131,6 +166,8 @@ def add_parsers(sub) -> None:
     add_verbosity(distill, 1, "training progress")
     distill.set_defaults(run=run_distill)
 
+
+def _add_export_parser(sub) -> None:
     export = sub.add_parser(
         "export",
         help="convert a .keras model to a verified .tflite file",
@@ -147,19 +184,27 @@ def add_parsers(sub) -> None:
         "integer, calibrated on --data) or int8_io (int8 inputs and outputs)",
     )
     _add_data(export, "train", "calibration and verification images", required=False)
+    _pixels.add_option(export, ())
     _add_unsafe(export)
     export.set_defaults(run=run_export)
 
+
+def _add_report_parser(sub) -> None:
     report = sub.add_parser(
         "report",
         help="compare a teacher and its student (and .tflite, baseline)",
         description="Accuracy, agreement with the teacher, calibration (ECE, "
         "NLL), per-class gaps, sizes and latency; written as report.json, "
-        "report.md, report.html and PNG plots.",
+        "report.md, report.html and PNG plots. A teacher no better than chance "
+        "on the data is flagged (a note in the report and a warning line).",
     )
     report.add_argument("--teacher", required=True, help="the teacher .keras file")
     report.add_argument("--student", required=True, help="the student .keras file")
-    report.add_argument("--tflite", default=None, help="the student's .tflite file")
+    report.add_argument(
+        "--tflite",
+        default=None,
+        help="the student's .tflite file (fed the student's pixel range)",
+    )
     report.add_argument(
         "--baseline",
         default=None,
@@ -167,12 +212,20 @@ def add_parsers(sub) -> None:
         "distillation made a class worse",
     )
     _add_data(report, "test", "labelled evaluation data")
+    _pixels.add_option(report, ("teacher", "student", "baseline"))
     report.add_argument("--batch-size", type=positive_int, default=256)
     report.add_argument(
         "--out", required=True, help="directory for the report files (created)"
     )
     _add_unsafe(report)
     report.set_defaults(run=run_report)
+
+
+def add_parsers(sub) -> None:
+    """Adds the `distill`, `export` and `report` commands to `sub`."""
+    _add_distill_parser(sub)
+    _add_export_parser(sub)
+    _add_report_parser(sub)
 
 
 def _tflite_path(output: str, mode: str) -> str:
@@ -197,14 +250,8 @@ def _export(model, path, mode, data, *, label="the export"):
         raise UsageError(f"{label} failed: {' '.join(str(e).split())}") from None
 
 
-def run_distill(args) -> int:
-    """Runs `keras-kd distill` (see the module docstring)."""
-    import keras_kd as kd
-    from keras_kd._utils import output_is_probabilities, write_atomically
-    from keras_kd.backend import keras
-
-    output = _io.check_output_path(args.output, "--output", (".keras", ".h5"))
-    tflite = _tflite_path(output, args.export) if args.export else None
+def _load_pair(args):
+    """The teacher and student files of `distill`, loaded and matched."""
     teacher = _io.load_model(args.teacher, "--teacher", args.unsafe)
     student = _io.load_model(args.student, "--student", args.unsafe)
     t_units, s_units = teacher.outputs[0].shape[-1], student.outputs[0].shape[-1]
@@ -213,25 +260,42 @@ def run_distill(args) -> int:
             f"--teacher outputs {t_units} classes and --student {s_units}; "
             f"they must be the same"
         )
-    keras.utils.set_random_seed(args.seed)
-    train, names = _io.load_data(
-        args.data, args.data_dir, args.split, student, args.batch_size, True, args.seed
-    )
-    _io.check_classes(student, names, "--student", args.data)
+    return teacher, student
+
+
+def _training_data(args, student, ranges):
+    """`(train, validation, names)` of `distill`, in the student's range.
+
+    Shuffled training batches and, with `--validation-split`, validation
+    batches whose labels follow the training classes.
+    """
+    pixel_range = ranges["student"][0]
+    train, names = _data.load_data(
+        args.data, args.data_dir, args.split, student, args.batch_size, True,
+        args.seed, pixel_range=pixel_range,
+    )  # fmt: skip
+    _data.check_classes(student, names, "--student", args.data)
     validation = None
     if args.validation_split:
-        if os.path.isdir(args.data) and not os.path.isdir(
-            os.path.join(args.data, args.validation_split)
-        ):
-            raise UsageError(
-                f"--validation-split {args.validation_split}: no directory "
-                f"{os.path.join(args.data, args.validation_split)}"
-            )
-        validation, _ = _io.load_data(
-            args.data, args.data_dir, args.validation_split, student, args.batch_size
-        )
+        validation, _ = _data.load_data(
+            args.data, args.data_dir, args.validation_split, student,
+            args.batch_size, pixel_range=pixel_range,
+            split_argument="--validation-split",
+            fallback=set(_data.split_names(args.split)), class_names=names,
+        )  # fmt: skip
+    return train, validation, names
+
+
+def _compiled_distiller(args, teacher, student, routed: bool):
+    import keras_kd as kd
+    from keras_kd._utils import output_is_probabilities
+    from keras_kd.backend import keras
+
     from_logits = not any(output_is_probabilities(student))
-    distiller = kd.Distiller(teacher=teacher, student=student)
+    routing = {}
+    if routed:  # each model reads its own copy of the images
+        routing = {"teacher_inputs": "teacher", "student_inputs": "student"}
+    distiller = kd.Distiller(teacher=teacher, student=student, **routing)
     try:
         distiller.compile(
             optimizer=keras.optimizers.Adam(args.learning_rate),
@@ -242,6 +306,23 @@ def run_distill(args) -> int:
         )
     except (ValueError, TypeError) as e:
         raise UsageError(f"--objective {args.objective}: {e}") from None
+    return distiller
+
+
+def run_distill(args) -> int:
+    """Runs `keras-kd distill` (see the module docstring)."""
+    from keras_kd._utils import write_atomically
+    from keras_kd.backend import keras
+
+    output = _io.check_output_path(args.output, "--output", (".keras", ".h5"))
+    tflite = _tflite_path(output, args.export) if args.export else None
+    teacher, student = _load_pair(args)
+    ranges = {
+        "teacher": _pixels.resolve(args.pixel_range, "teacher", teacher),
+        "student": _pixels.resolve(args.pixel_range, "student", student),
+    }
+    keras.utils.set_random_seed(args.seed)
+    train, validation, names = _training_data(args, student, ranges)
     print(
         f"Distilling {args.teacher} ({teacher.count_params():,} params) into "
         f"{args.student} ({student.count_params():,} params) on {args.data} "
@@ -249,9 +330,20 @@ def run_distill(args) -> int:
         f"{args.epochs} epoch(s)",
         flush=True,
     )
+    print(_pixels.describe(ranges), flush=True)
+    _checks.check_teacher(args, teacher, student, ranges, names)
+    routed = ranges["teacher"][0] != ranges["student"][0]
+    fed = train
+    if routed:
+        fed = _pixels.routed(train, ranges["teacher"][0], ranges["student"][0])
+        if validation is not None:
+            validation = _pixels.routed(
+                validation, ranges["teacher"][0], ranges["student"][0]
+            )
+    distiller = _compiled_distiller(args, teacher, student, routed)
     try:
         distiller.fit(
-            train,
+            fed,
             validation_data=validation,
             epochs=args.epochs,
             verbose=args.verbose,
@@ -261,9 +353,8 @@ def run_distill(args) -> int:
         raise UsageError(f"--data {args.data}: {' '.join(str(e).split())}") from None
     write_atomically(output, student.save)
     print(f"Saved the student to {output}")
-    if tflite:
-        report = _export(student, tflite, args.export, train, label="--export")
-        print(report)
+    if tflite:  # calibrated on the student's own range
+        print(_export(student, tflite, args.export, train, label="--export"))
     return 0
 
 
@@ -272,20 +363,20 @@ def run_export(args) -> int:
     output = _io.check_output_path(args.output, "OUTPUT", (".tflite",))
     model = _io.load_model(args.model, "MODEL", args.unsafe)
     data = None
+    pixel_range = _pixels.resolve(args.pixel_range, "model", model)
     if args.data is not None:
-        data, _ = _io.load_data(
-            args.data, args.data_dir, args.split, model, 32, model_argument="MODEL"
-        )
+        data, _ = _data.load_data(
+            args.data, args.data_dir, args.split, model, 32, model_argument="MODEL",
+            pixel_range=pixel_range[0],
+        )  # fmt: skip
     print(_export(model, output, args.quantization, data))
+    if data is not None:
+        print(_pixels.describe({"calibration images": pixel_range}))
     return 0
 
 
-def run_report(args) -> int:
-    """Runs `keras-kd report` (see the module docstring)."""
-    import importlib.util
-
-    import keras_kd as kd
-
+def _check_report_paths(args) -> str:
+    """The `--out` directory (absolute), after checking it and `--tflite`."""
     out = os.path.abspath(args.out)
     if os.path.exists(out) and not os.path.isdir(out):
         raise UsageError(f"--out {args.out}: is a file; expected a directory")
@@ -299,27 +390,56 @@ def run_report(args) -> int:
             raise UsageError(f"--tflite {args.tflite}: no such file")
         if not args.tflite.lower().endswith(".tflite"):
             raise UsageError(f"--tflite {args.tflite}: expected a .tflite file")
-    teacher = _io.load_model(args.teacher, "--teacher", args.unsafe)
-    student = _io.load_model(args.student, "--student", args.unsafe)
-    baseline = None
+    return out
+
+
+def run_report(args) -> int:
+    """Runs `keras-kd report` (see the module docstring)."""
+    import importlib.util
+
+    import keras_kd as kd
+
+    out = _check_report_paths(args)
+    models = {
+        "teacher": _io.load_model(args.teacher, "--teacher", args.unsafe),
+        "student": _io.load_model(args.student, "--student", args.unsafe),
+    }
     if args.baseline is not None:
-        baseline = _io.load_model(args.baseline, "--baseline", args.unsafe)
-    data, names = _io.load_data(
-        args.data, args.data_dir, args.split, student, args.batch_size
-    )
-    _io.check_classes(student, names, "--student", args.data)
+        models["baseline"] = _io.load_model(args.baseline, "--baseline", args.unsafe)
+    ranges = {
+        name: _pixels.resolve(args.pixel_range, name, model)
+        for name, model in models.items()
+    }
+    fed = ranges["student"][0]  # one batch for every model: the student's range
+    data, names = _data.load_data(
+        args.data, args.data_dir, args.split, models["student"], args.batch_size,
+        pixel_range=fed,
+    )  # fmt: skip
+    _data.check_classes(models["student"], names, "--student", args.data)
+    called = {
+        name: _pixels.fed_through(model, fed, ranges[name][0])
+        for name, model in models.items()
+    }
+    tflite = " The .tflite file is fed the student's." if args.tflite else ""
+    print(_pixels.describe(ranges) + tflite, flush=True)
     try:
         report = kd.report.compare(
-            teacher,
-            student,
+            called["teacher"],
+            called["student"],
             data,
             tflite=args.tflite,
-            baseline=baseline,
+            baseline=called.get("baseline"),
             class_names=names,
             batch_size=args.batch_size,
         )
     except (ValueError, TypeError) as e:
         raise UsageError(f"the report failed: {' '.join(str(e).split())}") from None
+    first = next(iter(data))[0][:1]
+    for name, model in models.items():
+        if called[name] is not model:  # measured through a wrapper
+            own = _pixels.to_range(first, fed, ranges[name][0])
+            _pixels.own_figures(report, name, model, own)
+    _checks.flag_in_report(report, names, ranges, args)
     files = save_report(report, out)
     print(report)
     print(files_line(files))
