@@ -25,6 +25,28 @@ legacy_only = pytest.mark.skipif(
 keras3_only = pytest.mark.skipif(backend.LEGACY, reason="Keras 3 flavour only")
 
 
+def pytest_report_header(config):
+    """Which keras_kd and which Keras the run tests (CI runs the suite against
+    an editable checkout and against the installed wheel)."""
+    import tensorflow as tf
+
+    import keras_kd
+
+    return (
+        f"keras_kd {keras_kd.__version__} from {os.path.dirname(keras_kd.__file__)}; "
+        f"{backend.FLAVOUR} flavour (keras {keras.__version__}, "
+        f"tensorflow {tf.__version__})"
+    )
+
+
+def pytest_collection_modifyitems(config, items):
+    """Marks `slow` every test of tests/test_example*.py: they run the examples
+    end to end. CI's oldest-versions section deselects them (`-m "not slow"`)."""
+    for item in items:
+        if item.path.name.startswith("test_example"):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     keras.utils.set_random_seed(1234)
