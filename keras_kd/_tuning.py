@@ -20,7 +20,15 @@ from keras_kd import _utils, augment
 from keras_kd.backend import keras
 from keras_kd.chain import copy_loss, fresh_metrics
 from keras_kd.distiller import Distiller
-from keras_kd.losses import DIST, DecoupledKD, KLDivergence
+from keras_kd.losses import (
+    DIST,
+    DecoupledKD,
+    GeneralizedJSD,
+    KLDivergence,
+    ReverseKL,
+    SkewKL,
+    TotalVariation,
+)
 
 # The distillation objectives `tune` knows, by the names its search space uses.
 OBJECTIVES = {
@@ -28,6 +36,13 @@ OBJECTIVES = {
     "standardized_kl": lambda t: KLDivergence(temperature=t, standardize=True),
     "dist": lambda t: DIST(temperature=t),
     "dkd": lambda t: DecoupledKD(temperature=t),
+    # The generative-model objectives (not in the default space): GKD's
+    # generalized JSD at beta 0.5, DistiLLM's skew KLs at skew 0.1.
+    "reverse_kl": lambda t: ReverseKL(temperature=t),
+    "jsd": lambda t: GeneralizedJSD(beta=0.5, temperature=t),
+    "skew_kl": lambda t: SkewKL(skew=0.1, temperature=t),
+    "skew_reverse_kl": lambda t: SkewKL(skew=0.1, reverse=True, temperature=t),
+    "tv": lambda t: TotalVariation(temperature=t),
 }
 
 DEFAULT_SEARCH_SPACE = {

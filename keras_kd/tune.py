@@ -174,7 +174,10 @@ def tune(
     with the same optimizer. Then a Hyperband search (keras-tuner's
     `HyperbandOracle`) over the distillation objective (`"kl"`,
     `"standardized_kl"`, `"dist"`, `"dkd"`: `keras_kd.losses.KLDivergence`,
-    the same with `standardize=True`, `DIST`, `DecoupledKD`), the
+    the same with `standardize=True`, `DIST`, `DecoupledKD`; a
+    `search_space` may also name the generative-model objectives
+    `"reverse_kl"`, `"jsd"` (`GeneralizedJSD(beta=0.5)`), `"skew_kl"`,
+    `"skew_reverse_kl"` (skew 0.1) and `"tv"`), the
     temperature, `alpha` and input mixup on or off: each trial trains a new
     student in a `keras_kd.Distiller` for the epochs Hyperband gives it (a
     promoted trial continues from its parent's weights with a fresh

@@ -354,3 +354,20 @@ def test_missing_keras_tuner_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "keras_tuner", None)
     with pytest.raises(ImportError, match=r"keras-kd\[tune\]"):
         tune(_linear_teacher(), student_fn, DATA, DATA, loss=_hard_loss())
+
+
+def test_the_generative_objectives_are_searchable_by_name():
+    x, y = _split(64, 1)
+    result = tune(
+        _linear_teacher(),
+        lambda: keras.Sequential([keras.Input((N_IN,)), keras.layers.Dense(3)]),
+        (x, y),
+        _split(32, 3),
+        loss=_hard_loss(),
+        max_epochs=1,
+        search_space={"objective": ["jsd", "skew_reverse_kl"], "temperature": 1.0},
+        max_trials=2,
+        seed=0,
+    )
+    searched = {t["objective"] for t in result.trials[1:]}
+    assert searched and searched <= {"jsd", "skew_reverse_kl"}

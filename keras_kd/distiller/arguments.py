@@ -140,13 +140,19 @@ def check_distillation_loss(spec, output_names):
 # ---------------------------------------------------------------------------
 
 
-def _output_shapes(model):
-    """Static output shapes of a built Functional/Sequential model, or None."""
+def symbolic_outputs(model):
+    """The symbolic outputs of a built Functional/Sequential model, or None."""
     try:
         outputs = model.outputs
     except (AttributeError, ValueError):
         return None
-    if not outputs:
+    return outputs or None
+
+
+def _output_shapes(model):
+    """Static output shapes of a built Functional/Sequential model, or None."""
+    outputs = symbolic_outputs(model)
+    if outputs is None:
         return None
     return [tuple(o.shape) for o in tf.nest.flatten(outputs)]
 
@@ -158,7 +164,12 @@ def shapes_compatible(a, b) -> bool:
 
 
 def check_output_shapes(teacher, student) -> None:
-    """Raises if the models' outputs (where known) cannot be paired."""
+    """Raises if the models' outputs (where known) cannot be paired.
+
+    Token-level outputs (rank 3 or more: `(batch, time, vocab)`) may differ
+    in their last axis, the vocabulary: `check_vocabularies` decides at
+    `compile`, when the distillation loss is known.
+    """
     t, s = _output_shapes(teacher), _output_shapes(student)
     if t is None or s is None:
         return
@@ -169,9 +180,41 @@ def check_output_shapes(teacher, student) -> None:
             f"{len(s)} ({s})."
         )
     for ts, ss in zip(t, s):
-        if not shapes_compatible(ts, ss):
+        tokens = len(ts) >= 3 and len(ss) == len(ts)
+        if not shapes_compatible(ts[:-1] if tokens else ts, ss[:-1] if tokens else ss):
             raise ValueError(
                 "The outputs of `teacher` and `student` cannot be compared: "
                 f"teacher output shape {ts}, student output shape {ss}. "
                 "Expected the same shape (e.g. the same number of classes)."
+            )
+
+
+def check_vocabularies(teachers, student, losses) -> None:
+    """Raises at `compile` if a teacher's and the student's token-level
+    outputs differ in their last axis (their vocabularies) and the loss on
+    that output does not compare distributions over different vocabularies
+    (`vocabulary_agnostic = True`, e.g. `UniversalLogitDistance`).
+
+    Args:
+        teachers: the teacher models.
+        student: the student model.
+        losses: one distillation loss (or None) per flattened output.
+    """
+    s = _output_shapes(student)
+    if s is None:
+        return
+    for teacher in teachers:
+        t = _output_shapes(teacher)
+        if t is None or len(t) != len(s):
+            continue
+        for ts, ss, fn in zip(t, s, losses):
+            differ = ts[-1] is not None and ss[-1] is not None and ts[-1] != ss[-1]
+            if fn is None or not differ or getattr(fn, "vocabulary_agnostic", False):
+                continue
+            raise ValueError(
+                f"Argument `distillation_loss` ({type(fn).__name__}) compares "
+                "distributions over the same vocabulary, but the teacher's "
+                f"output has shape {ts} and the student's {ss}. Expected the "
+                "same last axis, or a loss for different vocabularies such as "
+                "`keras_kd.losses.UniversalLogitDistance()`."
             )

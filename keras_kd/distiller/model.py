@@ -341,6 +341,15 @@ class Distiller(DistillerSteps, DistillerConfig, backend.ModelBuildHooks, keras.
             distillation_loss, self._output_names()
         )
         self._distillation_fns = None
+        outputs = arguments.symbolic_outputs(self.student)
+        if outputs and self._features is None and self._class_indices is None:
+            arguments.check_vocabularies(
+                self._teachers,
+                self.student,
+                pairing.losses_per_output(
+                    self._distillation_loss, outputs, self._output_names()
+                ),
+            )
         self._alpha.assign(alpha)
         self._has_hard_loss = loss is not None
         self._hard_loss_spec = loss  # read by `fit`'s check of the labels

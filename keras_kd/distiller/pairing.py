@@ -14,15 +14,20 @@ from keras_kd.backend import tf
 from keras_kd.distiller import arguments
 
 
-def _check_pair_shapes(teacher_output, student_output, index) -> None:
+def _check_pair_shapes(teacher_output, student_output, index, fn=None) -> None:
     t, s = teacher_output.shape, student_output.shape
+    if getattr(fn, "vocabulary_agnostic", False):  # e.g. ULD: any last axes
+        t, s = t[:-1], s[:-1]
     if t.rank is not None and s.rank is not None:
         if not arguments.shapes_compatible(tuple(t), tuple(s)):
             raise ValueError(
                 "The teacher's and the student's outputs cannot be compared: "
                 f"output {index} has shape {tuple(t)} for the teacher and "
                 f"{tuple(s)} for the student. Expected the same shape "
-                "(e.g. the same number of classes). To let only feature taps "
+                "(e.g. the same number of classes; a loss with "
+                "`vocabulary_agnostic = True`, such as "
+                "`keras_kd.losses.UniversalLogitDistance`, takes different last "
+                "axes). To let only feature taps "
                 "teach (e.g. backbones of different widths), compile with "
                 "`distillation_loss=[None]` (no loss on that output)."
             )
@@ -140,7 +145,7 @@ def distillation_term(
     for i, fn in enumerate(fns):
         if fn is None:
             continue
-        _check_pair_shapes(targets[i], predictions[i], i)
+        _check_pair_shapes(targets[i], predictions[i], i, fn)
         backend.allow_batch_mean_under_strategy(fn)
         extra = {"labels": labels[i]} if getattr(fn, "requires_labels", False) else {}
         # New tensors, without Keras masks: the weights say which tokens count

@@ -14,6 +14,11 @@ Keras model compiled with teacher outputs as its targets
 | `SoftTargetCrossEntropy` | as `KLDivergence` (+ teacher entropy) | Hinton 2015 |
 | `DIST` | correlations over classes and the batch | Huang 2022 |
 | `DecoupledKD` | target / non-target parts apart; labels | Zhao 2022 |
+| `ReverseKL` | the teacher's modes, mode-seeking (generative LMs) | Gu 2024 |
+| `GeneralizedJSD` | between forward (beta=0) and reverse KL (beta=1) | Agarwal 2024 |
+| `SkewKL` | KL to a mixture; skew reverse KL with `reverse=True` | Ko 2024 |
+| `TotalVariation` | half the L1 distance of the distributions | Wen 2023 |
+| `UniversalLogitDistance` | sorted probabilities; any vocabularies | Boizard 2024 |
 | `FeatureMSE` | an intermediate feature (equal shapes) | Romero 2015 |
 | `CosineDistance` | the direction of each feature vector | |
 | `AttentionTransfer` | spatial attention maps (any widths) | Zagoruyko 2017 |
@@ -51,6 +56,13 @@ from keras_kd.losses.feature import (
     RelationalKD,
     get_feature_loss,
 )
+from keras_kd.losses.generative import (
+    GeneralizedJSD,
+    ReverseKL,
+    SkewKL,
+    TotalVariation,
+    UniversalLogitDistance,
+)
 from keras_kd.losses.response import DIST, KLDivergence, SoftTargetCrossEntropy
 
 __all__ = [
@@ -60,9 +72,14 @@ __all__ = [
     "CosineDistance",
     "DecoupledKD",
     "FeatureMSE",
+    "GeneralizedJSD",
     "KLDivergence",
     "RelationalKD",
+    "ReverseKL",
+    "SkewKL",
     "SoftTargetCrossEntropy",
+    "TotalVariation",
+    "UniversalLogitDistance",
     "as_loss",
     "get_feature_loss",
     "softened_log_probs",
