@@ -37,6 +37,7 @@ try:
         data,
         ensemble,
         export,
+        lm,
         losses,
         models,
         optimize,
@@ -45,6 +46,7 @@ try:
     )
     from keras_kd.chain import ChainResult, distill_chain
     from keras_kd.distiller import Distiller
+    from keras_kd.lm import init_from_teacher
     from keras_kd.mutual import MutualLearning
     from keras_kd.online import OnlineDistiller
     from keras_kd.taps import FeatureMatch
@@ -69,6 +71,8 @@ __all__ = [
     "data",
     "export",
     "ensemble",
+    "init_from_teacher",
+    "lm",
     "losses",
     "models",
     "optimize",
