@@ -3,6 +3,7 @@
 | name | what it does |
 | --- | --- |
 | `generate` | samples continuations of left-aligned prompts from any causal LM |
+| `OnPolicyDistiller` | trains partly on the student's own samples (GKD) |
 | `init_from_teacher` | a student started from mapped teacher blocks (DistilBERT) |
 
 The objectives for generative models (`ReverseKL`, `GeneralizedJSD`,
@@ -12,5 +13,6 @@ The objectives for generative models (`ReverseKL`, `GeneralizedJSD`,
 
 from keras_kd.lm.from_teacher import init_from_teacher
 from keras_kd.lm.generation import Generation, generate
+from keras_kd.lm.on_policy import OnPolicyDistiller
 
-__all__ = ["Generation", "generate", "init_from_teacher"]
+__all__ = ["Generation", "OnPolicyDistiller", "generate", "init_from_teacher"]
