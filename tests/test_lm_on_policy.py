@@ -371,3 +371,50 @@ def test_hidden_state_taps_a_temperature_schedule_and_backup_run_on_policy(tmp_p
     )
     for a, b in zip(resumed.student.get_weights(), uninterrupted.student.get_weights()):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.skipif(kd.backend.LEGACY, reason="KerasHub: Keras 3 flavour only")
+def test_a_keras_hub_gpt2_distils_on_policy_into_a_narrower_one_and_both_generate():
+    keras_hub = pytest.importorskip("keras_hub")
+
+    def gpt2(layers, width, seed):
+        keras.utils.set_random_seed(seed)
+        backbone = keras_hub.models.GPT2Backbone(
+            vocabulary_size=32,
+            num_layers=layers,
+            num_heads=2,
+            hidden_dim=width,
+            intermediate_dim=2 * width,
+            max_sequence_length=16,
+        )
+        return keras_hub.models.GPT2CausalLM(backbone=backbone, preprocessor=None)
+
+    teacher, student = gpt2(2, 32, 0), gpt2(1, 16, 1)
+    ids = np.random.default_rng(0).integers(1, 32, (8, 12)).astype("int32")
+    x = {"token_ids": ids, "padding_mask": np.ones_like(ids, bool)}
+    teacher_before = [w.copy() for w in teacher.get_weights()]
+    student_before = [w.copy() for w in student.get_weights()]
+    d = kd.lm.OnPolicyDistiller(
+        teacher, student, on_policy_fraction=1.0, prompt_length=4, seed=0
+    )
+    d.compile(
+        keras.optimizers.Adam(0.01), distillation_loss=kd.losses.GeneralizedJSD(0.5)
+    )
+    history = d.fit(x, batch_size=4, epochs=2, verbose=0)
+    losses = history.history["distillation_loss"]
+    assert all(np.isfinite(losses)) and losses[0] > 0
+    for a, b in zip(teacher.get_weights(), teacher_before):
+        np.testing.assert_array_equal(a, b)  # frozen
+    assert any(
+        not np.allclose(a, b) for a, b in zip(student.get_weights(), student_before)
+    )
+    # Without a preprocessor, generate() fills the positions the padding
+    # mask leaves free: 4 prompt tokens, 6 generated.
+    tokens = np.zeros((2, 10), "int32")
+    tokens[:, :4] = ids[:2, :4]
+    prompt = {"token_ids": tokens, "padding_mask": tokens > 0}
+    for model in (teacher, student):
+        out = model.generate(prompt, stop_token_ids=None)
+        assert out["token_ids"].shape == (2, 10)
+        np.testing.assert_array_equal(out["token_ids"][:, :4], ids[:2, :4])
+        assert out["padding_mask"].all()  # every free position was generated

@@ -25,6 +25,7 @@ import sys
 import numpy as np
 
 from keras_kd import _utils
+from keras_kd.backend import tf
 
 
 @dataclasses.dataclass(frozen=True)
@@ -220,7 +221,6 @@ class _Scorer:
         self.argument = argument
         self.temperature = temperature
         self.hub = _is_causal_lm(model)
-        self.vocabulary = None
 
     def logits(self, ids: np.ndarray, ends: np.ndarray, positions: np.ndarray):
         """`(batch, n, vocab)` float64 logits at `positions` (`(batch, n)`),
@@ -234,10 +234,9 @@ class _Scorer:
             raise ValueError(
                 f"Argument `{self.argument}` must map (batch, time) token ids to "
                 "one (batch, time, vocab) tensor of logits. Received a model "
-                f"returning {_shapes(outputs)}."
+                f"returning {tf.nest.map_structure(lambda t: t.shape, outputs)}."
             )
         outputs = np.asarray(outputs, np.float64)
-        self.vocabulary = outputs.shape[-1]
         positions = np.clip(positions, 0, ids.shape[1] - 1)
         return np.take_along_axis(outputs, positions[:, :, np.newaxis], axis=1)
 
@@ -250,14 +249,6 @@ class _Scorer:
         z = logits / self.temperature
         z = np.exp(z - z.max(axis=-1, keepdims=True))
         return z / z.sum(axis=-1, keepdims=True)
-
-
-def _shapes(outputs):
-    if isinstance(outputs, dict):
-        return {key: _shapes(value) for key, value in outputs.items()}
-    if isinstance(outputs, (list, tuple)):
-        return [_shapes(value) for value in outputs]
-    return tuple(outputs.shape)
 
 
 def _sample(probabilities: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -279,8 +270,7 @@ def _draft(scorer: _Scorer, ids, filled, drafts, rng, greedy):
     rows = np.arange(len(ids))
     tokens, distributions = [], []
     for j in range(int(drafts.max())):
-        q = scorer.probabilities(ids, filled + j, (filled + j - 1)[:, np.newaxis])
-        q = q[:, 0]
+        q = scorer.probabilities(ids, filled + j, (filled + j - 1)[:, None])[:, 0]
         token = np.argmax(q, axis=-1) if greedy else _sample(q, rng)
         write = j < drafts
         ids[rows[write], filled[write] + j] = token[write]
@@ -322,6 +312,55 @@ def _judge(tokens, q, p, drafts, rng, greedy):
         residual = np.where(total > 0, residual / np.maximum(total, 1e-300), after)
         after = np.where(rejected[:, np.newaxis], residual, after)
     return accepted, _sample(after, rng)
+
+
+def _check_vocabularies(drafter: _Scorer, target: _Scorer, ids, lengths) -> None:
+    """Runs each model once on the prompts: a drafter's token outside the
+    target's vocabulary would otherwise reach the target unnoticed."""
+    last = (lengths - 1)[:, np.newaxis]
+    sizes = [model.logits(ids, lengths, last).shape[-1] for model in (drafter, target)]
+    if sizes[0] != sizes[1]:
+        raise ValueError(
+            "Arguments `drafter` and `target` must share one vocabulary. "
+            f"Received: a drafter with {sizes[0]} logits per position and a "
+            f"target with {sizes[1]}."
+        )
+
+
+def _decode(drafter, target, ids, lengths, max_new_tokens, k, rng, pad_token_id):
+    """Fills `ids` block by block, every row on its own; returns the counts."""
+    greedy = target.temperature == 0.0
+    batch, width = ids.shape
+    rows, positions = np.arange(batch), np.arange(width)[np.newaxis, :]
+    filled = lengths.copy()  # tokens in each row so far
+    remaining = np.full(batch, max_new_tokens, np.int64)
+    counts = dict(draft_tokens=0, verified_tokens=0, accepted_tokens=0, target_calls=0)
+    while (active := remaining > 0).any():
+        # Never past a row's end: its last token is the target's.
+        drafts = np.where(active, np.minimum(k, remaining - 1), 0)
+        depth = int(drafts.max())
+        if depth:
+            tokens, q = _draft(drafter, ids, filled, drafts, rng, greedy)
+        else:
+            tokens, q = np.zeros((batch, 0), np.int64), None
+        scored = (filled - 1)[:, np.newaxis] + np.arange(depth + 1)
+        p = target.probabilities(ids, filled + drafts, scored)
+        accepted, token = _judge(tokens, q, p, drafts, rng, greedy)
+        accepted = np.where(active, accepted, 0)
+        # The target's token after the accepted drafts; the rejected cleared.
+        stale = (positions > (filled + accepted)[:, np.newaxis]) & (
+            positions < (filled + drafts)[:, np.newaxis]
+        )
+        ids[stale] = pad_token_id
+        ids[rows[active], (filled + accepted)[active]] = token[active]
+        counts["draft_tokens"] += int(drafts.sum())
+        judged = np.where(accepted < drafts, accepted + 1, drafts)
+        counts["verified_tokens"] += int(judged.sum())
+        counts["accepted_tokens"] += int(accepted.sum())
+        counts["target_calls"] += int(active.sum())
+        filled = np.where(active, filled + accepted + 1, filled)
+        remaining = np.where(active, remaining - accepted - 1, remaining)
+    return counts
 
 
 # ---------------------------------------------------------------------------
@@ -437,57 +476,28 @@ def speculative_generate(
     seed = _check_seed(seed)
     width = _buffer_width(drafter, target, prompts, max_new_tokens)
 
-    greedy = temperature == 0.0
-    rng = np.random.default_rng(seed)
-    drafter_scorer = _Scorer(drafter, "drafter", temperature)
-    target_scorer = _Scorer(target, "target", temperature)
-    batch = len(prompts)
+    drafter = _Scorer(drafter, "drafter", temperature)
+    target = _Scorer(target, "target", temperature)
     positions = np.arange(width)[np.newaxis, :]
-    ids = np.full((batch, width), pad_token_id, np.int32)
+    ids = np.full((len(prompts), width), pad_token_id, np.int32)
     ids[:, : prompts.shape[1]] = prompts
     ids[positions >= lengths[:, np.newaxis]] = pad_token_id
-    filled = lengths.copy()  # tokens in each row so far
-    remaining = np.full(batch, max_new_tokens, np.int64)
-    counts = dict(draft_tokens=0, verified_tokens=0, accepted_tokens=0, target_calls=0)
-    rows = np.arange(batch)
-    while (active := remaining > 0).any():
-        drafts = np.where(active, np.minimum(num_draft_tokens, remaining - 1), 0)
-        depth = int(drafts.max())
-        if depth:
-            tokens, q = _draft(drafter_scorer, ids, filled, drafts, rng, greedy)
-        else:
-            tokens, q = np.zeros((batch, 0), np.int64), None
-        scored = (filled - 1)[:, np.newaxis] + np.arange(depth + 1)
-        p = target_scorer.probabilities(ids, filled + drafts, scored)
-        if depth and drafter_scorer.vocabulary != target_scorer.vocabulary:
-            raise ValueError(
-                "Arguments `drafter` and `target` must share one vocabulary. "
-                f"Received: a drafter with {drafter_scorer.vocabulary} logits "
-                f"per position and a target with {target_scorer.vocabulary}."
-            )
-        accepted, token = _judge(tokens, q, p, drafts, rng, greedy)
-        accepted = np.where(active, accepted, 0)
-        # The target's token after the accepted drafts; rejected drafts cleared.
-        end = filled + drafts
-        stale = (positions > (filled + accepted)[:, np.newaxis]) & (
-            positions < end[:, np.newaxis]
-        )
-        ids[stale & active[:, np.newaxis]] = pad_token_id
-        ids[rows[active], (filled + accepted)[active]] = token[active]
-        counts["draft_tokens"] += int(drafts.sum())
-        counts["verified_tokens"] += int(
-            np.where(accepted < drafts, accepted + 1, drafts).sum()
-        )
-        counts["accepted_tokens"] += int(accepted.sum())
-        counts["target_calls"] += int(active.sum())
-        filled = np.where(active, filled + accepted + 1, filled)
-        remaining = np.where(active, remaining - accepted - 1, remaining)
-
+    _check_vocabularies(drafter, target, ids, lengths)
+    counts = _decode(
+        drafter,
+        target,
+        ids,
+        lengths,
+        max_new_tokens,
+        num_draft_tokens,
+        np.random.default_rng(seed),
+        pad_token_id,
+    )
     mask = (positions >= lengths[:, np.newaxis]) & (
         positions < (lengths + max_new_tokens)[:, np.newaxis]
     )
     return SpeculativeGeneration(
-        ids=ids, mask=mask, new_tokens=batch * max_new_tokens, **counts
+        ids=ids, mask=mask, new_tokens=len(ids) * max_new_tokens, **counts
     )
 
 

@@ -22,6 +22,20 @@ def _shift_left(values):
     return tf.concat([values[:, 1:], tf.zeros_like(values[:, :1])], axis=1)
 
 
+def _token_ids(x):
+    """The `(batch, time)` ids of a batch's `x`: the tensor itself, or the
+    `token_ids` of a KerasHub dict (`{"token_ids", "padding_mask"}`)."""
+    if isinstance(x, dict) and set(x) == {"token_ids", "padding_mask"}:
+        x = x["token_ids"]
+    if not isinstance(x, tf.Tensor) or x.shape.rank != 2:
+        raise ValueError(
+            "An OnPolicyDistiller takes `x` as one `(batch, time)` tensor of "
+            "token ids, or a KerasHub dict of `token_ids` and `padding_mask`. "
+            f"Received: x={x!r}."
+        )
+    return x
+
+
 @register_serializable
 class OnPolicyDistiller(Distiller):
     """Distils a causal LM partly on sequences the student samples itself.
@@ -68,6 +82,11 @@ class OnPolicyDistiller(Distiller):
     with the tokens that follow in the batch it trained on (on on-policy
     batches, its own samples). Evaluation (`evaluate`, `validation_data`)
     is teacher-forced on the dataset's continuations.
+
+    KerasHub `CausalLM`s (with `preprocessor=None`) take `x` as their dict
+    `{"token_ids", "padding_mask"}`: the student then samples through its
+    own cache-aware generation, and a sampled row's padding mask covers its
+    prompt and its samples.
 
     Works with causal LMs without a Keras mask (`mask_token_id=None`), the
     feature taps (`features=`: hidden states or attention on the sampled
@@ -211,13 +230,11 @@ class OnPolicyDistiller(Distiller):
                 "windows."
             )
         x, y, sample_weight, _ = batches.unpack_batch(data)
-        if not isinstance(x, tf.Tensor) or x.shape.rank != 2:
-            raise ValueError(
-                "An OnPolicyDistiller takes `x` as one `(batch, time)` tensor of "
-                f"token ids. Received: x={x!r}."
-            )
-        lengths = self._prompt_lengths(x, sample_weight)
-        supervised = self._continuation_weights(x, lengths, sample_weight)
+        ids = _token_ids(x)
+        lengths = self._prompt_lengths(ids, sample_weight)
+        supervised = self._continuation_weights(ids, lengths, sample_weight)
+        if isinstance(x, dict):  # no loss on a KerasHub batch's padding
+            supervised = supervised * tf.cast(x["padding_mask"], tf.float32)
         if not training or self.on_policy_fraction == 0.0:
             return x, y, supervised
         if self.on_policy_fraction == 1.0:
@@ -262,6 +279,8 @@ class OnPolicyDistiller(Distiller):
     def _sampled(self, x, y, lengths):
         """The student's continuations of the batch's prompts, their next
         ids and the weights of the positions that predict a sampled token."""
+        tokens = x
+        x = _token_ids(x)
         width = x.shape[1]
         new = self.max_new_tokens
         if new is None:
@@ -293,6 +312,13 @@ class OnPolicyDistiller(Distiller):
         ids = tf.stop_gradient(tf.cast(generation.ids, x.dtype))
         weights = _shift_left(tf.cast(generation.mask, tf.float32))
         next_ids = None if y is None else tf.cast(_shift_left(ids), y.dtype)
+        if isinstance(tokens, dict):  # KerasHub: token ids and a padding mask
+            prompt = (
+                tf.range(width)[None, :] < tf.minimum(lengths, prompt_width)[:, None]
+            )
+            real = tf.logical_or(prompt, tf.cast(generation.mask, tf.bool))
+            mask = tokens["padding_mask"]
+            ids = {"token_ids": ids, "padding_mask": tf.cast(real, mask.dtype)}
         return ids, next_ids, weights
 
 
