@@ -418,3 +418,16 @@ def test_a_keras_hub_gpt2_distils_on_policy_into_a_narrower_one_and_both_generat
         assert out["token_ids"].shape == (2, 10)
         np.testing.assert_array_equal(out["token_ids"][:, :4], ids[:2, :4])
         assert out["padding_mask"].all()  # every free position was generated
+
+
+def test_the_readme_generative_snippet_runs():
+    from conftest import readme_snippet
+
+    namespace = readme_snippet("### Generative language models")
+    samples = namespace["samples"]
+    assert samples.ids.shape == (2, 16)
+    np.testing.assert_array_equal(
+        samples.ids.numpy()[:, :4], namespace["token_windows"][:2, :4]
+    )
+    assert samples.mask.numpy()[:, 4:].all() and not samples.mask.numpy()[:, :4].any()
+    assert isinstance(namespace["distiller"], kd.lm.OnPolicyDistiller)
