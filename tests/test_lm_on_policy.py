@@ -236,6 +236,8 @@ def test_saves_and_loads_with_its_settings(tmp_path):
             ValueError,
             "sampling_temperature",
         ),
+        (lambda: build(0.5, prompt_length=2, top_k=0), ValueError, "top_k"),
+        (lambda: build(0.5, prompt_length=2, top_p=1.5), ValueError, "top_p"),
         (
             lambda: kd.lm.OnPolicyDistiller(None, causal_lm(4, "s"), prompt_length=2),
             ValueError,

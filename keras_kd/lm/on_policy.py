@@ -170,6 +170,12 @@ class OnPolicyDistiller(Distiller):
         self.sampling_temperature = _utils.check_number(
             sampling_temperature, "sampling_temperature", low=0.0
         )
+        if top_k is not None:
+            top_k = _utils.check_int(top_k, "top_k", 1, what="tokens kept, or None")
+        if top_p is not None:
+            top_p = _utils.check_number(
+                top_p, "top_p", low=0.0, high=1.0, low_open=True, what="or None"
+            )
         self.top_k = top_k
         self.top_p = top_p
         self.pad_token_id = _utils.check_int(pad_token_id, "pad_token_id", 0)
