@@ -4,6 +4,7 @@
 | --- | --- |
 | `generate` | samples continuations of left-aligned prompts from any causal LM |
 | `OnPolicyDistiller` | trains partly on the student's own samples (GKD) |
+| `teacher_generations` | the teacher's continuations as training windows, stored once |
 | `init_from_teacher` | a student started from mapped teacher blocks (DistilBERT) |
 | `speculative_generate` | the student as drafter: acceptance rate, target calls |
 | `align_tokenizations` | pairs two tokenizations of one text by where tokens end |
@@ -19,6 +20,7 @@ from keras_kd.lm.drafting import SpeculativeGeneration, speculative_generate
 from keras_kd.lm.from_teacher import init_from_teacher
 from keras_kd.lm.generation import Generation, generate
 from keras_kd.lm.on_policy import OnPolicyDistiller
+from keras_kd.lm.sequence_level import teacher_generations
 from keras_kd.lm.vocabularies import (
     TokenAlignment,
     align_tokenizations,
@@ -39,5 +41,6 @@ __all__ = [
     "init_from_teacher",
     "keras_hub_tokenize",
     "speculative_generate",
+    "teacher_generations",
     "with_vocabulary",
 ]
