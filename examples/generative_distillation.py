@@ -10,7 +10,7 @@ weights, on the same windows for the same steps:
 2. `teacher_forced`: `kd.Distiller`, `kd.losses.KLDivergence` weighted by
    `alpha` against the cross-entropy (today's recipe);
 3. `sequence`: sequence-level KD (Kim & Rush 2016): the teacher continues each
-   window's prompt (`kd.lm.generate`), the student learns the continuations
+   window's prompt (`kd.lm.teacher_generations`), the student learns them
    by cross-entropy;
 4. `gkd`: `kd.lm.OnPolicyDistiller`, `kd.losses.GeneralizedJSD(beta)`: a
    fraction (GKD's lambda) of the batches continued by the student's own
@@ -101,20 +101,15 @@ def _new(args) -> int:
 
 def sequence_level_data(teacher, x, lengths, args, seed: int):
     """The teacher's continuations of the windows' prompts (`L_i` = `lengths`
-    characters): `(ids, next ids, weights on the positions that predict a
-    generated character)`. To be replaced by `kd.lm.teacher_generations`."""
-    size, ids, mask = 16 * args.batch_size, [], []
-    for i in range(0, len(x), size):
-        out = kd.lm.generate(
-            teacher, x[i : i + size, : args.prompt_length], _new(args),
-            temperature=args.teacher_temperature, seed=seed + i,
-            prompt_lengths=lengths[i : i + size], length=args.seq_len,
-        )  # fmt: skip
-        ids.append(out.ids.numpy())
-        mask.append(out.mask.numpy())
-    ids, mask = np.concatenate(ids), np.concatenate(mask).astype("float32")
-    shift = lambda a: np.concatenate([a[:, 1:], np.zeros_like(a[:, :1])], axis=1)
-    return ids, shift(ids), shift(mask)
+    characters), from `kd.lm.teacher_generations`: `(ids, next ids, weights
+    on the positions that predict a generated character)`."""
+    windows = kd.lm.teacher_generations(
+        teacher, x[:, : args.prompt_length], _new(args),
+        temperature=args.teacher_temperature, seed=seed, prompt_lengths=lengths,
+        length=args.seq_len, batch_size=16 * args.batch_size,
+    )  # fmt: skip
+    ids, next_ids, weights = next(iter(windows.batch(len(x))))
+    return ids.numpy(), next_ids.numpy(), weights.numpy()
 
 
 def write(model, prompts, args, seed: int) -> np.ndarray:
