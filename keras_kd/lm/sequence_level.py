@@ -6,14 +6,14 @@ and, with the teacher's logits stored on those sequences, with a
 `keras_kd.Distiller` on them too (sequence- plus word-level KD) without
 running the teacher again. On disk the generations are TFRecord shards
 written by the teacher-output cache's writer (`keras_kd.cache.shards`) and
-published by a manifest written last; the logits are a teacher-output
-cache (`keras_kd.cache.with_teacher_outputs`) beside them.
+published by a manifest written last (the store: the package's private
+`_generation_store.py`); the logits are a teacher-output cache
+(`keras_kd.cache.with_teacher_outputs`) beside them.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 import random
 import sys
@@ -22,16 +22,16 @@ import numpy as np
 
 from keras_kd import _utils
 from keras_kd.backend import tf
-from keras_kd.cache import batch, fingerprint, shards, with_teacher_outputs
+from keras_kd.cache import fingerprint, shards, with_teacher_outputs
+from keras_kd.lm._generation_store import (
+    MANIFEST,
+    prompts_digest,
+    read_store,
+    refuse_orphan_logits,
+    write_store,
+)
 from keras_kd.lm.generation import generate
 
-MANIFEST = "generations.json"
-# The cache's shard format (a layout without teacher outputs), told apart by
-# its `contents`.
-CONTENTS = "teacher generations"
-VERSION = 1
-_SHARD_PREFIX = "generations-"
-_SHARD_BYTES = 256 * 2**20
 _SEED_LIMIT = 2**31 - 1
 
 
@@ -319,122 +319,18 @@ def _stored(teacher, prompts, lengths, settings: _Settings, path):
     """The windows stored at `path`: read where a finished store matches,
     else generated, written and published."""
     weights_fingerprint = fingerprint(teacher)
-    digest = _prompts_digest(prompts, lengths)
+    digest = prompts_digest(prompts, lengths)
     manifest = shards.read_manifest(path, MANIFEST)  # None: no finished store
     if manifest is not None:
-        if manifest.get("contents") != CONTENTS:
-            raise ValueError(
-                f"Argument `path`={path!r} holds a {MANIFEST} that is not a store "
-                "of teacher generations. Give an empty or new directory."
-            )
-        if settings.seed is None:  # any seed: the recorded one
-            settings = dataclasses.replace(settings, seed=manifest["settings"]["seed"])
-        _check_reuse(manifest, path, teacher, weights_fingerprint, digest, settings)
-        shards.verify(path, manifest)
-        return _dataset(path, manifest)
-    _refuse_orphan_logits(path)
+        return read_store(
+            path, manifest, teacher, weights_fingerprint, digest, settings
+        )
+    refuse_orphan_logits(path)
     settings = _with_seed(settings)
-    writer = shards.ShardWriter(path, _SHARD_BYTES, _SHARD_PREFIX)
-    layout, count = None, 0
-    for arrays in _generate(teacher, prompts, lengths, settings):
-        if layout is None:
-            layout = _layout(*arrays)
-        writer.add(list(arrays), len(arrays[0]))
-        count += len(arrays[0])
-    manifest = {
-        "format": shards.FORMAT,
-        "contents": CONTENTS,
-        "version": VERSION,
-        "teacher": {"name": teacher.name, "fingerprint": weights_fingerprint},
-        "prompts": {"sha256": digest, "shape": list(prompts.shape)},
-        "settings": dataclasses.asdict(settings),
-        "num_examples": count,
-        "layout": layout,
-        "shards": writer.close(),
-    }
-    shards.write_manifest(path, manifest, name=MANIFEST)  # last: the publish
-    return _dataset(path, manifest)
-
-
-def _layout(ids, next_ids, weights) -> dict:
-    """The cache layout of a window: inputs, labels, weights, no outputs."""
-    return {
-        "x": batch.describe(ids),
-        "y": batch.describe(next_ids),
-        "sample_weight": batch.describe(weights),
-        "teacher_outputs": batch.describe(()),
-        "dtype": "float32",
-        "top_k": None,
-    }
-
-
-def _dataset(path, manifest):
-    """The stored windows as `(ids, next_ids, weights)` examples."""
-    examples = shards.dataset_from_shards(path, manifest)
-    return examples.map(
-        lambda element: (element.x, element.y, element.sample_weight),
-        num_parallel_calls=tf.data.AUTOTUNE,
-        deterministic=True,
+    chunks = _generate(teacher, prompts, lengths, settings)
+    return write_store(
+        path, teacher, weights_fingerprint, digest, prompts.shape, settings, chunks
     )
-
-
-def _prompts_digest(prompts, lengths) -> str:
-    """sha256 of the prompts' shape and tokens (padding after a row's
-    length, which generation never reads, as 0)."""
-    count, width = prompts.shape
-    if lengths is None:
-        lengths = np.full(count, width)
-    inside = np.arange(width)[None, :] < lengths[:, None]
-    tokens = np.where(inside, prompts, 0).astype("<i4")
-    digest = hashlib.sha256(f"{count}x{width};".encode())
-    digest.update(np.asarray(lengths, "<i4").tobytes())
-    digest.update(tokens.tobytes())
-    return "sha256:" + digest.hexdigest()
-
-
-def _refuse_orphan_logits(path) -> None:
-    """Stored logits without the generations they were computed on (which
-    are written first) are of unknown sequences: refused."""
-    if not os.path.isdir(path):
-        return
-    for name in sorted(os.listdir(path)):
-        if name.startswith("logits") and shards.read_manifest(os.path.join(path, name)):
-            raise ValueError(
-                f"Argument `path`={path!r} holds teacher logits ({name!r}) but "
-                f"no {MANIFEST}: the generations they were computed on are "
-                "gone. Delete the directory or give another `path`."
-            )
-
-
-def _check_reuse(manifest, path, teacher, weights_fingerprint, digest, settings):
-    recorded = manifest["teacher"]
-    if recorded["fingerprint"] != weights_fingerprint:
-        raise ValueError(
-            f"Argument `path`={path!r} holds stale generations: they are those "
-            f"of teacher {recorded['name']!r} with weights "
-            f"{recorded['fingerprint'][:19]}..., not of the teacher given "
-            f"({teacher.name!r}, weights {weights_fingerprint[:19]}...). "
-            "Delete the directory or give another `path` to generate with "
-            "this teacher."
-        )
-    if manifest["prompts"]["sha256"] != digest:
-        raise ValueError(
-            f"Argument `path`={path!r} holds the generations of other prompts "
-            f"(shape {tuple(manifest['prompts']['shape'])}, "
-            f"{manifest['prompts']['sha256'][:19]}...; received {digest[:19]}... "
-            "for the `prompts` and `prompt_lengths` given). Delete the "
-            "directory or give another `path`."
-        )
-    given = dataclasses.asdict(settings)
-    differing = sorted(k for k in given if manifest["settings"].get(k) != given[k])
-    if differing:
-        stored = ", ".join(f"{k}={manifest['settings'].get(k)!r}" for k in differing)
-        received = ", ".join(f"{k}={given[k]!r}" for k in differing)
-        raise ValueError(
-            f"Argument `path`={path!r} holds generations made with {stored}. "
-            f"Received: {received}. Give the same settings, or another `path` "
-            "for the new ones."
-        )
 
 
 # ---------------------------------------------------------------------------
