@@ -18,7 +18,8 @@ weights, with the same optimizer, batches and epochs:
   over the first epoch;
 * `tune`: `kd.tune`'s pick: a Hyperband search over the objective, the
   temperature, alpha and mixup, with training on the labels alone as a trial
-  it must beat on a held-out split (needs keras-tuner; `--no-tune` skips it);
+  it must beat on a held-out split by more than the paired test's margin
+  (needs keras-tuner; `--no-tune` skips it);
 * `chain`: a teacher-assistant chain (`kd.distill_chain`): the teacher
   teaches an assistant of intermediate size (`TA` in the table), which then
   teaches the student, each stage KD at T=4.

@@ -1,7 +1,9 @@
 """The machinery of `keras_kd.tune`: its search space, trials, keras-tuner.
 
-The search space and its checks; `Search`, which trains the baseline and
-each trial and keeps their records and the best student; a keras-tuner
+The search space and its checks; `BUDGET_RECIPES`, the ranked recipes of a
+budget of trials; `Search`, which trains the baseline and each trial and
+keeps their records and the best student (a trial replaces the baseline
+only if it clears its margin: `keras_kd._tune_selection`); a keras-tuner
 `BaseTuner` whose trials `Search` runs (keras-tuner never sees a Keras
 model, so both Keras flavours work), the `HyperModel` that declares the
 space, and the trial weights a promoted Hyperband trial continues from.
@@ -17,6 +19,7 @@ import os
 import numpy as np
 
 from keras_kd import _utils, augment
+from keras_kd._tune_selection import Selection
 from keras_kd.backend import keras
 from keras_kd.chain import copy_loss, fresh_metrics
 from keras_kd.distiller import Distiller
@@ -53,6 +56,44 @@ DEFAULT_SEARCH_SPACE = {
 }
 
 KD_KEYS = tuple(DEFAULT_SEARCH_SPACE)
+
+# The recipes of a budget of trials (`tune(..., budget=n)`), ranked: the
+# first n (of those inside `search_space`) are tried. The order comes from the
+# default recipe study (`benchmarks/recipes.py --study`; BENCHMARKS.md, "The
+# default recipe study": nine tasks, two student sizes, 3 seeds): each next
+# recipe is the one that adds most, on the validation splits, to the mean over
+# tasks and sizes of the best gain over training alone so far, so that the
+# first few cover different tasks. Objective in ("dist", "kl",
+# "standardized_kl") x temperature (1, 2, 4) x alpha (0.5, 0.9, 1.0), mixup off.
+_RANKED = (
+    "dist 4 0.5, kl 4 0.5, dist 2 1, standardized_kl 2 1, dist 2 0.5, "
+    "kl 4 1, dist 1 0.9, dist 4 0.9, dist 1 0.5, dist 1 1, "
+    "standardized_kl 1 1, kl 1 0.5, dist 4 1, standardized_kl 4 0.5, "
+    "dist 2 0.9, standardized_kl 2 0.5, kl 2 0.5, standardized_kl 2 0.9, "
+    "kl 2 0.9, kl 2 1, standardized_kl 1 0.5, standardized_kl 1 0.9, "
+    "kl 1 0.9, kl 1 1, standardized_kl 4 0.9, kl 4 0.9, "
+    "standardized_kl 4 1"
+)
+BUDGET_RECIPES = tuple(
+    {"objective": o, "temperature": float(t), "alpha": float(a), "mixup": False}
+    for o, t, a in (item.split() for item in _RANKED.split(", "))
+)
+
+
+def budget_recipes(budget: int, space: dict) -> list:
+    """The first `budget` of `BUDGET_RECIPES` inside the checked `space`;
+    raises `ValueError` naming `budget` when fewer lie inside."""
+    inside = [dict(r) for r in BUDGET_RECIPES if all(r[k] in space[k] for k in KD_KEYS)]
+    if len(inside) < budget:
+        raise ValueError(
+            f"Argument `budget` asks for {budget} trials, but only {len(inside)} "
+            "of the ranked recipes (`keras_kd._tuning.BUDGET_RECIPES`) lie "
+            f"inside `search_space`. Received: budget={budget}. Expected at "
+            f"most {len(inside)}, or a wider `search_space`."
+        )
+    return inside[:budget]
+
+
 WEIGHTS_FILE = "student_weights.npz"
 
 
@@ -71,7 +112,9 @@ class Search:
 
     Made by `keras_kd.tune` from its arguments, checked: `train_kwargs` and
     `validation` as `fit` takes them, `make_optimizer` a function returning
-    a new optimizer, `space` the checked search space.
+    a new optimizer, `space` the checked search space, `selection` the rule
+    (a `keras_kd._tune_selection.Selection`) by which a trial replaces the
+    baseline. The baseline's student is kept for the paired comparisons.
     """
 
     def __init__(
@@ -90,12 +133,15 @@ class Search:
         mixup_alpha: float,
         seed: int | None,
         verbose: int,
+        selection: Selection,
     ):
         self.teacher, self.student_fn = teacher, student_fn
         self.train_kwargs, self.validation = train_kwargs, validation
         self.loss, self.make_optimizer, self.metrics = loss, make_optimizer, metrics
         self.monitor, self.mode, self.space = monitor, mode, space
         self.mixup_alpha, self.seed, self.verbose = mixup_alpha, seed, verbose
+        self.selection = selection
+        self.baseline_student = None
         self.records = []
         self.best = None  # (record, student)
         self.error = None
@@ -123,9 +169,21 @@ class Search:
 
         hp = keras_tuner.HyperParameters()
         student = self.new_student(hp)
+        self.selection.probe(student)  # before training: "paired" may fail
         values = {"alpha": 0.0, "mixup": False, "objective": None}
         score = self.train(student, None, values, 0, epochs)
+        self.baseline_student = student
         self.add("baseline", values, 0, epochs, score, student, hp.values, True)
+
+    def run_recipe(self, index, recipe, epochs):
+        """One trial of a budget of trials: a new student (its own settings
+        at their defaults) distilled with `recipe` for `epochs` epochs."""
+        import keras_tuner
+
+        hp = keras_tuner.HyperParameters()
+        student = self.new_student(hp)
+        score = self.train(student, self.teacher, recipe, 0, epochs)
+        self.add(f"r{index:02d}", recipe, 0, epochs, score, student, hp.values)
 
     def train(self, student, teacher, values, initial_epoch, epochs):
         """Trains `student` (from `teacher` with `values`); returns its score."""
@@ -201,17 +259,42 @@ class Search:
             "initial_epoch": int(initial),
             "score": score,
             "hyperparameters": dict(hp),
+            "margin": None,
+            "significant": False,
             "selected": False,
         }
         self.records.append(record)
-        if self.best is None or self._better(score, self.best[0]["score"]):
-            self.best = (record, student)  # the baseline wins ties
+        if base:
+            self.best = (record, student)
+        else:
+            self._judge(record, student)
         if self.verbose:
             shown = {k: record[k] for k in ("objective", "temperature", "alpha")}
+            judged = ""
+            if not base:
+                cleared = "cleared" if record["significant"] else "not cleared"
+                judged = (
+                    f" (margin {record['margin']:.4f} over the baseline: {cleared})"
+                )
             print(
                 f"tune: trial {trial_id} {shown} mixup={record['mixup']} "
-                f"epochs={epochs}: {self.monitor}={score:.4f}"
+                f"epochs={epochs}: {self.monitor}={score:.4f}{judged}"
             )
+
+    def _judge(self, record, student):
+        """Compares a trial with the baseline; keeps it if it is the best of
+        those that clear their margin."""
+        baseline = self.records[0]["score"]
+        gain = record["score"] - baseline
+        if self.mode == "min":
+            gain = -gain
+        comparison = self.selection.compare(self.baseline_student, student, gain)
+        record["margin"] = float(comparison.margin)
+        record["significant"] = bool(comparison.significant)
+        if comparison.significant and self._better(
+            record["score"], self.best[0]["score"]
+        ):
+            self.best = (record, student)
 
     def _better(self, score, best):
         if math.isnan(score):
@@ -222,6 +305,45 @@ class Search:
 # ---------------------------------------------------------------------------
 # keras-tuner's pieces
 # ---------------------------------------------------------------------------
+
+
+def import_keras_tuner():
+    """keras-tuner, or an `ImportError` that says how to install it."""
+    try:
+        import keras_tuner
+    except ImportError as e:
+        raise ImportError(
+            "`keras_kd.tune` needs keras-tuner. Install it with "
+            "`pip install keras-kd[tune]` (or `pip install keras-tuner`)."
+        ) from e
+    return keras_tuner
+
+
+def search_with_hyperband(keras_tuner, search, budget, directory, project_name):
+    """Runs the distilled trials with keras-tuner's `HyperbandOracle`."""
+    oracle = keras_tuner.oracles.HyperbandOracle(
+        objective=keras_tuner.Objective("score", direction=search.mode),
+        max_epochs=budget.max_epochs,
+        factor=budget.factor,
+        hyperband_iterations=budget.hyperband_iterations,
+        # keras-tuner draws a random seed for a false one (0 included).
+        seed=None if search.seed is None else search.seed + 1,
+    )
+    oracle.max_trials = budget.max_trials
+    tuner = tuner_class(keras_tuner)(
+        search,
+        oracle=oracle,
+        hypermodel=hypermodel_class(keras_tuner)(search),
+        directory=directory,
+        project_name=project_name,
+        overwrite=True,
+    )
+    try:
+        tuner.search(verbose=0)
+    except keras_tuner.errors.FatalError:
+        if search.error is not None:
+            raise search.error from None
+        raise
 
 
 def tuner_class(keras_tuner):
@@ -307,29 +429,6 @@ def load_weights(model, directory):
 # ---------------------------------------------------------------------------
 # Checks
 # ---------------------------------------------------------------------------
-
-
-def check_monitor(monitor, mode):
-    """`(monitor, mode)` of `tune`, checked: a comparable validation value."""
-    if not isinstance(monitor, str) or not monitor.startswith("val_"):
-        raise (ValueError if isinstance(monitor, str) else TypeError)(
-            "Argument `monitor` must name a validation value, a string such "
-            "as 'val_accuracy': trials are ranked on `validation_data`. "
-            f"Received: monitor={monitor!r}."
-        )
-    if monitor in ("val_loss", "val_distillation_loss"):
-        raise ValueError(
-            f"Argument `monitor` cannot be {monitor!r}: a Distiller's `loss` "
-            "and `distillation_loss` depend on the trial's objective and "
-            "alpha, so they do not compare trials. Use 'val_hard_loss' (the "
-            "hard-label loss, mode='min') or a metric such as 'val_accuracy'."
-        )
-    if mode not in ("max", "min"):
-        raise ValueError(
-            "Argument `mode` must be 'max' (higher `monitor` is better) or "
-            f"'min' (lower is better). Received: mode={mode!r}."
-        )
-    return monitor, mode
 
 
 def check_space(space):

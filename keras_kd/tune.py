@@ -1,9 +1,12 @@
 """Searching distillation settings, with training alone as a floor: `tune`.
 
 Whether distillation helps depends on the objective and its settings (the
-capacity gap). `tune` searches them with Hyperband (Li et al., JMLR 2018,
-through keras-tuner) and always trains the student on the labels alone too,
-so that what it returns is never worse on the validation data than that.
+capacity gap). `tune` trains the student on the labels alone (the
+baseline), then distilled students: a Hyperband search (Li et al., JMLR
+2018, through keras-tuner), or, with `budget=n`, the first `n` recipes of
+a ranked list (`BUDGET_RECIPES`). A trial replaces the baseline only if its
+gain on the validation data exceeds a margin, by default the validation
+set's noise from a paired test, so that the choice holds on unseen data.
 
 Needs keras-tuner: `pip install keras-kd[tune]`.
 """
@@ -11,19 +14,24 @@ Needs keras-tuner: `pip install keras-kd[tune]`.
 from __future__ import annotations
 
 import dataclasses
+import numbers
 import os
 import shutil
 import tempfile
 
+import numpy as np
+
 from keras_kd import _utils
+from keras_kd._tune_selection import Selection, best_distilled, check_monitor
 from keras_kd._tuning import (
+    BUDGET_RECIPES,
     DEFAULT_SEARCH_SPACE,
     OBJECTIVES,
     Search,
-    check_monitor,
+    budget_recipes,
     check_space,
-    hypermodel_class,
-    tuner_class,
+    import_keras_tuner,
+    search_with_hyperband,
 )
 from keras_kd.backend import keras
 from keras_kd.chain import (
@@ -40,19 +48,30 @@ class TuneResult:
     """What `tune` returns.
 
     Attributes:
-        student: the trained student of the best trial on the validation
-            data; the baseline's (trained on the labels alone) unless a
-            distilled trial did strictly better.
+        student: the returned student: that of the best-scoring distilled
+            trial among those whose gain over the baseline exceeds their
+            margin, or, if none does, the baseline's (trained on the labels
+            alone).
         config: the settings of that trial (a dict, as in `trials`).
-        trials: one dict per trial, the baseline first: `trial_id`,
-            `is_baseline`, `objective`, `temperature`, `alpha`, `mixup`,
-            `epochs` (cumulative: Hyperband continues promising trials),
-            `initial_epoch`, `score` (the monitored validation value at the
-            end of the trial), `hyperparameters` (the student's own, from
-            `student_fn(hp)`) and `selected`.
+        trials: one dict per trial, the baseline first: `trial_id`
+            (`"baseline"`, keras-tuner's ids, or `"r00"`, `"r01"`... with a
+            budget of trials), `is_baseline`, `objective`, `temperature`,
+            `alpha`, `mixup`, `epochs` (cumulative: Hyperband continues
+            promising trials), `initial_epoch`, `score` (the monitored
+            validation value at the end of the trial), `hyperparameters`
+            (the student's own, from `student_fn(hp)`), `margin` (the gain
+            over the baseline's score this trial had to exceed, in the
+            monitor's units; None for the baseline), `significant` (whether
+            it did) and `selected`.
         baseline_score: the baseline's score.
         monitor: the monitored value, e.g. `"val_accuracy"`.
         mode: `"max"` or `"min"`.
+        margin: the margin of the best-scoring distilled trial (by `score`,
+            cleared or not): what its gain over `baseline_score` had to
+            exceed for it to replace the baseline. None if no distilled
+            trial has a score.
+        selection: `"paired"` (each trial's margin from the paired test on
+            the validation data) or `"fixed"` (one margin for all).
     """
 
     student: object
@@ -61,6 +80,8 @@ class TuneResult:
     baseline_score: float
     monitor: str
     mode: str
+    margin: float | None = None
+    selection: str = "fixed"
 
     @property
     def best_score(self) -> float:
@@ -68,11 +89,14 @@ class TuneResult:
         return self.config["score"]
 
     def table(self) -> str:
-        """Every trial as a plain-text table, the returned one marked."""
+        """Every trial as a plain-text table: its margin over the baseline,
+        whether it cleared it, the returned trial marked."""
         rows = [
-            ["trial", "objective", "T", "alpha", "mixup", "epochs", self.monitor, ""]
+            ["trial", "objective", "T", "alpha", "mixup", "epochs", self.monitor]
+            + ["margin", "cleared", ""]
         ]
         for t in self.trials:
+            judged = t["margin"] is not None
             rows.append(
                 [
                     t["trial_id"],
@@ -82,6 +106,8 @@ class TuneResult:
                     "yes" if t["mixup"] else "no",
                     str(t["epochs"]),
                     f"{t['score']:.4f}",
+                    f"{t['margin']:.4f}" if judged else "-",
+                    ("yes" if t["significant"] else "no") if judged else "-",
                     "<- returned" if t["selected"] else "",
                 ]
             )
@@ -165,13 +191,18 @@ def tune(
     project_name: str = "keras_kd_tune",
     overwrite: bool = False,
     verbose: int = 0,
-    budget: TuneBudget | None = None,
+    budget: TuneBudget | int | None = None,
+    margin: float | str = "auto",
 ) -> TuneResult:
     """Searches distillation settings; never returns worse than no distillation.
 
     First the **baseline**: a student from `student_fn` trained on the
     labels alone (alpha 0, no teacher, no mixup) for `max_epochs` epochs
-    with the same optimizer. Then a Hyperband search (keras-tuner's
+    with the same optimizer. Then the distilled trials: with `budget=n`
+    (an int), exactly `n` of them, each a new student distilled for
+    `max_epochs` epochs with the next recipe of `BUDGET_RECIPES` (ranked by
+    the recipe study; the first `n` inside `search_space` when one is
+    given). Otherwise a Hyperband search (keras-tuner's
     `HyperbandOracle`) over the distillation objective (`"kl"`,
     `"standardized_kl"`, `"dist"`, `"dkd"`: `keras_kd.losses.KLDivergence`,
     the same with `standardize=True`, `DIST`, `DecoupledKD`; a
@@ -184,19 +215,24 @@ def tune(
     optimizer, as in keras-tuner) and is scored by `monitor` on
     `validation_data` at its end.
 
-    The returned student is the best trial's; a distilled trial replaces
-    the baseline only if it scores **strictly** better, so the result is
-    never worse on the validation data than the baseline (its own score
-    proves it: `result.best_score` against `result.baseline_score`). With a
-    `seed` every trial's student starts from the same initial weights as the
-    baseline, and the search (trials and scores) is reproducible.
+    A distilled trial replaces the baseline only if its gain over the
+    baseline's score exceeds its **margin**; the returned student is the
+    best-scoring of the trials that clear theirs, else the baseline's. So
+    the result is never worse on the validation data than the baseline
+    (`result.best_score` against `result.baseline_score`), and, with the
+    default paired margin, a distilled student is returned only when its
+    gain is larger than the validation set's noise: the best of many trials
+    on a small validation set is otherwise partly luck. With a `seed` every
+    trial's student starts from the same initial weights as the baseline,
+    and the search (trials and scores) is reproducible.
 
     Args:
         teacher: the trained teacher, a `keras.Model` (frozen).
         student_fn: a function returning a new, untrained student each
             call: `student_fn()`, or `student_fn(hp)` to search the
             student's own settings with keras-tuner's `HyperParameters` (the
-            baseline uses their default values).
+            baseline, and the trials of an int `budget`, use their default
+            values).
         train_data: `(x, y)` (or `(x, y, sample_weight)`) numpy arrays, or a
             `tf.data.Dataset` of such batches.
         validation_data: the same kinds; trials are ranked on it.
@@ -236,14 +272,46 @@ def tune(
         project_name: the sub-directory of `directory`.
         overwrite: replace an existing project of that name; without it an
             existing project is an error (resuming is not supported).
-        verbose: 0 (silent), 1 (a line per trial) or 2 (also `fit`'s line
-            per epoch).
-        budget: None, or a `TuneBudget` holding `max_epochs`, `factor`,
-            `hyperband_iterations` and `max_trials` together.
+        verbose: 0 (silent), 1 (a line per trial, with its margin and
+            whether it cleared it) or 2 (also `fit`'s line per epoch).
+        budget: None (Hyperband, with the keywords above), a `TuneBudget`
+            holding `max_epochs`, `factor`, `hyperband_iterations` and
+            `max_trials` together, or a positive int `n`: a budget of
+            trials, no Hyperband: the baseline and exactly `n` distilled
+            trials of `max_epochs` epochs each, the first `n` of
+            `BUDGET_RECIPES` (of those inside `search_space` if given:
+            fewer than `n` inside is an error). With an int, `factor`,
+            `hyperband_iterations` and `max_trials` stay at their defaults,
+            and `directory`, `project_name` and `overwrite` are unused.
+        margin: what a distilled trial's gain over the baseline's score
+            must exceed (strictly) for the trial to replace the baseline.
+            `"paired"`: the validation noise of that comparison, from a
+            one-sided paired test at 5% on the per-example values of the
+            baseline's and the trial's students: for an accuracy monitor
+            (`"accuracy"`, `"acc"`, sparse categorical, categorical or
+            binary accuracy among `metrics`), McNemar's test (normal
+            approximation): with `b` the validation examples the baseline
+            gets right and the trial wrong, `c` the reverse and `n` all of
+            them, the trial clears iff `c - b > 1.645 * sqrt(b + c)`, and
+            its margin is `1.645 * sqrt(b + c) / n`; for `"val_hard_loss"`,
+            a paired z-test on the per-example hard losses (`loss` without
+            reduction, averaged over any axes after the batch's): margin
+            `1.645 * std(d, ddof=1) / sqrt(n)`, `d` the per-example
+            decrease. Correctness per example follows the Keras metric:
+            argmax for (sparse) categorical accuracy, the output above the
+            metric's threshold (0.5) for binary accuracy, which reads the
+            outputs as probabilities (as Keras does). It needs
+            `validation_data` with one array of labels and no sample
+            weights, and costs one prediction pass of two students over it
+            per trial; anywhere else it is a `ValueError`, raised before
+            any training. `"auto"` (the default): `"paired"` where it
+            works, else 0.0. A number >= 0: a fixed margin in the monitor's
+            units; 0.0 is the strict rule (any gain).
 
     Returns:
-        A `TuneResult`: `student`, `config`, `trials`, `baseline_score` and
-        `table()`.
+        A `TuneResult`: `student`, `config`, `trials` (each with its
+        `margin` and `significant`), `baseline_score`, `margin`,
+        `selection` and `table()`.
 
     Example:
 
@@ -258,36 +326,45 @@ def tune(
         (x_val, y_val),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         optimizer="adam",
-        budget=TuneBudget(max_epochs=9, max_trials=20),  # or max_epochs=9, ...
+        budget=12,  # the 12 first recipes; or TuneBudget(max_epochs=9, ...)
+        max_epochs=9,
         seed=0,
     )
-    print(result.table())
+    print(result.table())  # each trial's margin, and whether it cleared it
     print(result.config)  # {'objective': 'dist', 'temperature': 4.0, ...}
     result.student.save("student.keras")
     ```
     """
-    keras_tuner = _import_keras_tuner()
+    keras_tuner = import_keras_tuner()
     _check_models(teacher, student_fn, validation_data)
     fresh_metrics(metrics)  # checked now, copied per trial
     monitor, mode = check_monitor(monitor, mode)
+    validation = fit_arguments(validation_data, "validation_data", batch_size)
+    space = check_space(search_space)
     search = Search(
         teacher=teacher,
         student_fn=student_fn,
         train_kwargs=fit_arguments(train_data, "train_data", batch_size),
-        validation=validation_for_fit(
-            fit_arguments(validation_data, "validation_data", batch_size)
-        ),
+        validation=validation_for_fit(validation),
         loss=loss,
         make_optimizer=optimizer_factory(optimizer),
         metrics=metrics,
         monitor=monitor,
         mode=mode,
-        space=check_space(search_space),
+        space=space,
         mixup_alpha=_utils.check_number(
             mixup_alpha, "mixup_alpha", low=0.0, low_open=True
         ),
         seed=None if seed is None else _utils.check_int(seed, "seed", minimum=0),
         verbose=_utils.check_int(verbose, "verbose", minimum=0),
+        selection=Selection.create(
+            margin,
+            monitor=monitor,
+            mode=mode,
+            metrics=metrics,
+            loss=loss,
+            validation=validation,
+        ),
     )
     budget = _budget(
         budget,
@@ -296,11 +373,17 @@ def tune(
         hyperband_iterations=hyperband_iterations,
         max_trials=max_trials,
     )
+    if not isinstance(budget, TuneBudget):  # a budget of trials
+        recipes = budget_recipes(budget, space)
+        search.baseline(max_epochs)
+        for index, recipe in enumerate(recipes):
+            search.run_recipe(index, recipe, max_epochs)
+        return _result(search)
     temporary = directory is None
     directory = _project_directory(directory, project_name, overwrite)
     try:
         search.baseline(budget.max_epochs)
-        _search_with_hyperband(keras_tuner, search, budget, directory, project_name)
+        search_with_hyperband(keras_tuner, search, budget, directory, project_name)
     finally:
         if temporary:
             shutil.rmtree(directory, ignore_errors=True)
@@ -310,17 +393,6 @@ def tune(
 # ---------------------------------------------------------------------------
 # The steps of `tune`
 # ---------------------------------------------------------------------------
-
-
-def _import_keras_tuner():
-    try:
-        import keras_tuner
-    except ImportError as e:
-        raise ImportError(
-            "`keras_kd.tune` needs keras-tuner. Install it with "
-            "`pip install keras-kd[tune]` (or `pip install keras-tuner`)."
-        ) from e
-    return keras_tuner
 
 
 def _check_models(teacher, student_fn, validation_data) -> None:
@@ -340,15 +412,28 @@ def _check_models(teacher, student_fn, validation_data) -> None:
         )
 
 
-def _budget(budget, **keywords) -> TuneBudget:
-    """The search budget: `budget`, or `tune`'s budget keywords."""
+def _budget(budget, **keywords) -> TuneBudget | int:
+    """The search budget: a `TuneBudget` (`budget`, or `tune`'s budget
+    keywords), or an int: a budget of trials."""
     if budget is None:
         return TuneBudget(**keywords)
-    if not isinstance(budget, TuneBudget):
+    is_int = isinstance(budget, numbers.Integral) and not isinstance(
+        budget, (bool, np.bool_)
+    )
+    if not is_int and not isinstance(budget, TuneBudget):
         raise TypeError(
-            "Argument `budget` must be None or a `keras_kd.tune.TuneBudget`. "
-            f"Received: budget={budget!r} of type {type(budget).__name__}."
+            "Argument `budget` must be None, a positive int (a number of "
+            "distilled trials) or a `keras_kd.tune.TuneBudget`. Received: "
+            f"budget={budget!r} of type {type(budget).__name__}."
         )
+    if is_int:
+        if budget < 1:
+            raise ValueError(
+                "Argument `budget`, a number of distilled trials, must be at "
+                f"least 1. Received: budget={budget}."
+            )
+        # Each trial trains `max_epochs` epochs: that keyword stays allowed.
+        _utils.check_int(keywords.pop("max_epochs"), "max_epochs", minimum=1)
     defaults = TuneBudget()
     given = {k: v for k, v in keywords.items() if v != getattr(defaults, k)}
     if given:
@@ -356,9 +441,11 @@ def _budget(budget, **keywords) -> TuneBudget:
         raise ValueError(
             "The search budget is given twice: pass either `budget=` or the "
             "keywords `max_epochs`, `factor`, `hyperband_iterations` and "
-            f"`max_trials`, not both. Received: budget={budget!r}, {shown}."
+            "`max_trials`, not both (with an int `budget`, a number of "
+            "trials, `max_epochs` is how long each trains; Hyperband's "
+            f"keywords do not apply). Received: budget={budget!r}, {shown}."
         )
-    return budget
+    return int(budget) if is_int else budget
 
 
 def _project_directory(directory, project_name, overwrite) -> str:
@@ -383,37 +470,11 @@ def _project_directory(directory, project_name, overwrite) -> str:
     return directory
 
 
-def _search_with_hyperband(keras_tuner, search, budget, directory, project_name):
-    """Runs the distilled trials with keras-tuner's `HyperbandOracle`."""
-    oracle = keras_tuner.oracles.HyperbandOracle(
-        objective=keras_tuner.Objective("score", direction=search.mode),
-        max_epochs=budget.max_epochs,
-        factor=budget.factor,
-        hyperband_iterations=budget.hyperband_iterations,
-        # keras-tuner draws a random seed for a false one (0 included).
-        seed=None if search.seed is None else search.seed + 1,
-    )
-    oracle.max_trials = budget.max_trials
-    tuner = tuner_class(keras_tuner)(
-        search,
-        oracle=oracle,
-        hypermodel=hypermodel_class(keras_tuner)(search),
-        directory=directory,
-        project_name=project_name,
-        overwrite=True,
-    )
-    try:
-        tuner.search(verbose=0)
-    except keras_tuner.errors.FatalError:
-        if search.error is not None:
-            raise search.error from None
-        raise
-
-
 def _result(search) -> TuneResult:
     """The `TuneResult` of a finished search: its best trial selected."""
     record, student = search.best
     record["selected"] = True
+    best = best_distilled(search.records, search.mode)
     return TuneResult(
         student=student,
         config=dict(record),
@@ -421,7 +482,16 @@ def _result(search) -> TuneResult:
         baseline_score=search.records[0]["score"],
         monitor=search.monitor,
         mode=search.mode,
+        margin=None if best is None else best["margin"],
+        selection=search.selection.name,
     )
 
 
-__all__ = ["DEFAULT_SEARCH_SPACE", "OBJECTIVES", "TuneBudget", "TuneResult", "tune"]
+__all__ = [
+    "BUDGET_RECIPES",
+    "DEFAULT_SEARCH_SPACE",
+    "OBJECTIVES",
+    "TuneBudget",
+    "TuneResult",
+    "tune",
+]

@@ -237,6 +237,8 @@ def test_student_fn_with_hyperparameters():
 
 
 def test_monitor_min_on_the_hard_loss():
+    """Mode min with the strict rule (`margin=0.0`): the lowest loss wins.
+    (The default paired margin is tested in test_tune_selection.py.)"""
     x, y = _split(64, 1)
     result = _run(
         _linear_teacher(),
@@ -246,7 +248,9 @@ def test_monitor_min_on_the_hard_loss():
         mode="min",
         max_epochs=1,
         max_trials=2,
+        margin=0.0,
     )
+    assert result.selection == "fixed"
     assert result.best_score == min(t["score"] for t in result.trials)
     assert "val_hard_loss" in result.table().splitlines()[0]
 
