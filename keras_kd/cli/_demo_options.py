@@ -90,13 +90,15 @@ def add_training_options(demo) -> None:
         "--temperature",
         type=positive_float,
         default=None,
-        help="distillation temperature (default: compile's, 1.0)",
+        help="KL's temperature (default: compile's default recipe; with "
+        "--alpha alone, 1.0)",
     )
     demo.add_argument(
         "--alpha",
         type=fraction,
         default=None,
-        help="weight of the distillation term, in [0, 1] (default: compile's, 0.5)",
+        help="weight of the distillation term, in [0, 1] (default: compile's "
+        "default recipe; with --temperature alone, 0.5)",
     )
     demo.add_argument("--learning-rate", type=positive_float, default=1e-2)
     demo.add_argument("--batch-size", type=positive_int, default=64)

@@ -107,21 +107,24 @@ def _add_distill_objective(distill) -> None:
     distill.add_argument(
         "--objective",
         choices=OBJECTIVES,
-        default="kl",
+        default=None,
         help="distillation loss: kl (Hinton), standardized_kl (logits z-scored), "
-        "soft_ce, dist (DIST), dkd (decoupled KD) (default kl)",
+        "soft_ce, dist (DIST), dkd (decoupled KD) (default: compile's default "
+        "recipe; kl with --temperature alone)",
     )
     distill.add_argument(
         "--temperature",
         type=positive_float,
         default=None,
-        help="softmax temperature (default 1, as compile's default recipe; dkd 4)",
+        help="softmax temperature (default: compile's default recipe; 1 with "
+        "--objective, dkd 4)",
     )
     distill.add_argument(
         "--alpha",
         type=fraction,
-        default=0.5,
-        help="weight of the distillation term, in [0, 1] (default 0.5)",
+        default=None,
+        help="weight of the distillation term, in [0, 1] (default: compile's "
+        "default recipe; 0.5 with --objective or --temperature)",
     )
 
 
@@ -296,16 +299,21 @@ def _compiled_distiller(args, teacher, student, routed: bool):
     if routed:  # each model reads its own copy of the images
         routing = {"teacher_inputs": "teacher", "student_inputs": "student"}
     distiller = kd.Distiller(teacher=teacher, student=student, **routing)
+    objective = None  # compile's default recipe, unless told
+    if args.objective is not None or args.temperature is not None:
+        objective = _objective(args.objective or "kl", args.temperature)
     try:
         distiller.compile(
             optimizer=keras.optimizers.Adam(args.learning_rate),
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits),
             metrics=["accuracy"],
-            distillation_loss=_objective(args.objective, args.temperature),
+            distillation_loss=objective,
             alpha=args.alpha,
         )
     except (ValueError, TypeError) as e:
         raise UsageError(f"--objective {args.objective}: {e}") from None
+    if not args.verbose:  # a verbose `fit` says it itself
+        print(f"Recipe: {distiller.recipe}", flush=True)
     return distiller
 
 
@@ -326,8 +334,7 @@ def run_distill(args) -> int:
     print(
         f"Distilling {args.teacher} ({teacher.count_params():,} params) into "
         f"{args.student} ({student.count_params():,} params) on {args.data} "
-        f"[{args.split}], {args.objective}, alpha={args.alpha}, "
-        f"{args.epochs} epoch(s)",
+        f"[{args.split}], {args.epochs} epoch(s)",
         flush=True,
     )
     print(_pixels.describe(ranges), flush=True)

@@ -146,21 +146,26 @@ def _train_teacher(args, data: _Data):
     return teacher
 
 
-def _recipe(args) -> tuple:
-    """`(compile arguments, words)` of the distillation recipe."""
+def _recipe(args, teacher, shape, n_classes) -> tuple:
+    """`(compile arguments, words)` of the distillation recipe: compile's
+    default (its rule's choice for this teacher and student) unless
+    `--temperature` or `--alpha` is given (KL at that temperature)."""
     import keras_kd as kd
+    from keras_kd import models
+    from keras_kd.distiller import recipe
 
     compile_args = {}
     if args.temperature is not None:
         compile_args["distillation_loss"] = kd.losses.KLDivergence(args.temperature)
     if args.alpha is not None:
         compile_args["alpha"] = args.alpha
-    recipe = (
-        "compile's default recipe (KL, T=1, alpha=0.5)"
-        if not compile_args
-        else f"T={args.temperature or 1.0}, alpha={args.alpha or 0.5}"
-    )
-    return compile_args, recipe
+    if not compile_args:
+        student = models.mlp(shape, n_classes, hidden=args.student_hidden)
+        chosen = recipe.choose([teacher], student)
+        return compile_args, f"compile's default recipe ({chosen.label})"
+    if "distillation_loss" not in compile_args:
+        compile_args["distillation_loss"] = kd.losses.KLDivergence(1.0)
+    return compile_args, f"KL, T={args.temperature or 1.0}, alpha={args.alpha or 0.5}"
 
 
 def _distillation_data(args, data: _Data):
@@ -259,7 +264,7 @@ def _train_seed(args, seed, data: _Data, teacher, train, compile_args) -> tuple:
 
 def _train_students(args, data: _Data, teacher) -> tuple:
     """[2/4] `(seeds, first)`: each seed's test accuracies, the first's models."""
-    compile_args, recipe = _recipe(args)
+    compile_args, recipe = _recipe(args, teacher, data.shape, data.n_classes)
     train = _distillation_data(args, data)
     print(
         f"[2/4] Students: MLP({args.student_hidden}), {args.epochs} epochs, "

@@ -19,15 +19,11 @@ from keras_kd.distiller import (
     batches,
     fit_checks,
     pairing,
+    recipe,
     teacher_side,
 )
 from keras_kd.distiller.config import DistillerConfig
 from keras_kd.distiller.steps import DistillerSteps
-from keras_kd.losses import KLDivergence
-
-# compile's default recipe (KL, T=1, alpha=0.5), chosen on validation splits
-# by benchmarks/recipes.py; BENCHMARKS.md has the comparison.
-_DEFAULT_TEMPERATURE = 1.0
 
 
 @register_serializable
@@ -289,7 +285,7 @@ class Distiller(DistillerSteps, DistillerConfig, backend.ModelBuildHooks, keras.
         loss=None,
         metrics=None,
         distillation_loss=None,
-        alpha=0.5,
+        alpha=None,
         **kwargs,
     ):
         """Configures the distiller for training.
@@ -305,13 +301,16 @@ class Distiller(DistillerSteps, DistillerConfig, backend.ModelBuildHooks, keras.
                 `alpha=1` (distillation alone, no labels needed).
             metrics: the student's metrics, as in `keras.Model.compile`.
             distillation_loss: the loss between teacher and student outputs,
-                `keras_kd.losses.KLDivergence(temperature=1.0)` by default:
-                with the default `alpha=0.5`, the recipe that, compared on
-                validation splits over data sets and student sizes (README,
-                "When distillation helps"), improved on training alone the
-                most without being worse on average anywhere. Until 0.1 the
-                default was `temperature=2.0`, which hurt students of about
-                1% of the teacher's size.
+                `keras_kd.losses.KLDivergence(temperature=1.0)` by default
+                (with alpha 0.5: compile's default recipe). A study of 27
+                recipes on nine tasks (BENCHMARKS.md, "The default recipe
+                study") found no rule that would take DIST's larger gains
+                for much smaller students without losing 2-6 points on some
+                task, so the default stays; `keras_kd.tune(..., budget=12)`
+                takes those gains with training alone as a floor. What ran
+                is `distiller.recipe`, printed once by the first `fit` with
+                `verbose` on (with that advice for a student of at most 12%
+                of the teacher's parameters).
                 For several outputs: one loss for all, or a list / dict
                 (keyed by output name) with a loss, or None to skip, per
                 output. A loss that declares `requires_labels = True`
@@ -320,13 +319,15 @@ class Distiller(DistillerSteps, DistillerConfig, backend.ModelBuildHooks, keras.
                 `step_counter` attribute is given the optimizer's
                 `iterations`.
             alpha: weight of the distillation term, in [0, 1]:
-                `loss = alpha * distillation + (1 - alpha) * hard` (default
-                0.5, part of the default recipe). Ignored when there is no
-                teacher.
+                `loss = alpha * distillation + (1 - alpha) * hard`. None
+                (the default) is 0.5. Ignored when there is no teacher.
             **kwargs: passed to `keras.Model.compile` (`loss_weights`,
                 `weighted_metrics`, `jit_compile`, `steps_per_execution`...).
         """
-        alpha = _utils.check_alpha(alpha)
+        distillation_loss, alpha, self._recipe, by_default = recipe.from_compile(
+            distillation_loss, alpha, self._teachers, self.student
+        )
+        self._recipe_unprinted = by_default  # printed by the first verbose `fit`
         arguments.check_hard_loss(loss)
         if loss is None and (self.teacher is None or alpha < 1.0):
             teacher = "None" if self.teacher is None else repr(self.teacher.name)
@@ -335,8 +336,6 @@ class Distiller(DistillerSteps, DistillerConfig, backend.ModelBuildHooks, keras.
                 "there is a teacher and alpha=1. Received: loss=None, "
                 f"alpha={alpha}, teacher={teacher}."
             )
-        if distillation_loss is None:
-            distillation_loss = KLDivergence(temperature=_DEFAULT_TEMPERATURE)
         self._distillation_loss = arguments.check_distillation_loss(
             distillation_loss, self._output_names()
         )
@@ -364,6 +363,12 @@ class Distiller(DistillerSteps, DistillerConfig, backend.ModelBuildHooks, keras.
         ):
             self.optimizer = scaled(self.optimizer)
         pairing.attach_step_counter(self._distillation_loss, self.optimizer.iterations)
+
+    @property
+    def recipe(self):
+        """What `compile` set up: a `keras_kd.distiller.recipe.Recipe`
+        (objective, temperature, alpha and why), None before `compile`."""
+        return getattr(self, "_recipe", None)
 
     @property
     def loss_trackers(self):
@@ -424,6 +429,11 @@ class Distiller(DistillerSteps, DistillerConfig, backend.ModelBuildHooks, keras.
             trains_teacher=self.train_teacher,
         )
         fit_checks.check_fit(subject, bound.arguments)
+        if getattr(self, "_recipe_unprinted", False) and bound.arguments.get(
+            "verbose", "auto"
+        ):
+            print(f"{type(self).__name__}: compile's default recipe: {self._recipe}")
+            self._recipe_unprinted = False
         return super().fit(*args, **kwargs)
 
     def symbolic_build_batch(self, batch):
