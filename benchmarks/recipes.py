@@ -385,7 +385,35 @@ def main(argv=None):
         action="store_true",
         help="with --summary: every recipe's gain per data set and student",
     )
+    parser.add_argument(
+        "--study",
+        action="store_true",
+        help="the default-recipe study: nine tasks, two student sizes, the "
+        "27-recipe grid, 3 seeds (benchmarks/_study.py)",
+    )
+    parser.add_argument("--tasks", default=None, help="with --study: task names")
+    parser.add_argument(
+        "--tune-check",
+        default=None,
+        help="with --study: TASK:SIZE, run kd.tune(budget=12) on it per seed",
+    )
     args = parser.parse_args(argv)
+    if args.study:
+        import _study
+        import _study_report
+        import _study_tasks
+
+        tasks = args.tasks.split(",") if args.tasks else list(_study_tasks.TASKS)
+        if args.summary:
+            print(_study_report.report(args.summary))
+            return
+        if args.tune_check:
+            task, size = args.tune_check.split(":")
+            _study.tune_check(task, size, args.seeds, data_dir=args.data_dir)
+            return
+        _study.study(tasks, args.out, args.data_dir, seeds=args.seeds)
+        print(_study_report.report(args.out))
+        return
     if args.summary and args.selection:
         print(selection(args.summary, args.split))
         return
