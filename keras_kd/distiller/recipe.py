@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 
 from keras_kd import _utils
-
 from keras_kd.losses import KLDivergence
 
 # compile's default: KL, T=1, alpha 0.5 (keras-kd 0.1 and 0.2, kept by the study).
