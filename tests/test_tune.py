@@ -12,6 +12,7 @@ import sys
 import numpy as np
 import pytest
 
+from _tune_rig import N_IN, N_OUT, hard_loss, mapping, split, student_fn
 from keras_kd.backend import keras, tf
 
 keras_tuner = pytest.importorskip("keras_tuner")
@@ -20,38 +21,14 @@ from keras_kd.tune import TuneBudget, TuneResult, tune  # noqa: E402
 
 SEED = 3
 LR = 0.05
-N_IN, N_OUT = 8, 3
-
-
-def _mapping():
-    return np.random.default_rng(7).normal(size=(N_IN, N_OUT)).astype("float32")
-
-
-def _split(n, seed):
-    x = np.random.default_rng(seed).normal(size=(n, N_IN)).astype("float32")
-    return x, (x @ _mapping()).argmax(-1).astype("int64")
 
 
 def _linear_teacher(rotate=0):
     """Right on every input (rotate=0), or wrong on every input."""
     teacher = keras.Sequential([keras.Input((N_IN,)), keras.layers.Dense(N_OUT)])
-    w = np.roll(_mapping(), rotate, axis=1) * 10.0
+    w = np.roll(mapping(), rotate, axis=1) * 10.0
     teacher.set_weights([w, np.zeros(N_OUT, "float32")])
     return teacher
-
-
-def student_fn():
-    return keras.Sequential(
-        [
-            keras.Input((N_IN,)),
-            keras.layers.Dense(8, activation="relu"),
-            keras.layers.Dense(N_OUT),
-        ]
-    )
-
-
-def _hard_loss():
-    return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
 
 def _accuracy(model, x, y):
@@ -68,7 +45,7 @@ SPACE = {
 
 def _run(teacher, train, val, **kwargs):
     settings = dict(
-        loss=_hard_loss(),
+        loss=hard_loss(),
         optimizer=keras.optimizers.Adam(LR),
         max_epochs=3,
         factor=3,
@@ -87,13 +64,13 @@ def good_teacher_run():
     """A perfect teacher; training labels shuffled, so that labels alone
     teach nothing and distillation must win."""
     keras.utils.set_random_seed(0)
-    x, y = _split(256, 1)
+    x, y = split(256, 1)
     y_shuffled = np.random.default_rng(2).permutation(y)
-    val = _split(128, 3)
+    val = split(128, 3)
     teacher = _linear_teacher()
     result = _run(teacher, (x, y_shuffled), val)
     # The teacher is frozen: bit-identical after the search.
-    np.testing.assert_array_equal(teacher.get_weights()[0], _mapping() * 10.0)
+    np.testing.assert_array_equal(teacher.get_weights()[0], mapping() * 10.0)
     return result, val
 
 
@@ -160,8 +137,8 @@ def test_baseline_is_returned_when_the_teacher_is_wrong(capsys):
     """A teacher wrong on every input, clean labels: any distilled trial
     (alpha >= 0.9) learns the wrong classes, so the baseline must win; it is
     the student trained on the labels alone, as plain Keras trains it."""
-    x, y = _split(256, 1)
-    xv, yv = _split(128, 3)
+    x, y = split(256, 1)
+    xv, yv = split(128, 3)
     train = tf.data.Dataset.from_tensor_slices((x, y)).batch(64)
     val = tf.data.Dataset.from_tensor_slices((xv, yv)).batch(64)
     result = _run(_linear_teacher(rotate=1), train, val, max_trials=2, verbose=1)
@@ -175,7 +152,7 @@ def test_baseline_is_returned_when_the_teacher_is_wrong(capsys):
 
     keras.utils.set_random_seed(SEED)
     scratch = student_fn()
-    scratch.compile(optimizer=keras.optimizers.Adam(LR), loss=_hard_loss())
+    scratch.compile(optimizer=keras.optimizers.Adam(LR), loss=hard_loss())
     keras.utils.set_random_seed(SEED)
     scratch.fit(train, epochs=3, shuffle=False, verbose=0)
     for a, b in zip(scratch.get_weights(), result.student.get_weights()):
@@ -185,8 +162,8 @@ def test_baseline_is_returned_when_the_teacher_is_wrong(capsys):
 def test_seeded_search_is_reproducible_with_the_budget_in_either_form():
     """The same seeded search twice, its budget given once as keywords and
     once as a `TuneBudget`: the same trials, scores and student."""
-    x, y = _split(128, 1)
-    val = _split(64, 3)
+    x, y = split(128, 1)
+    val = split(64, 3)
     runs = [
         _run(_linear_teacher(), (x, y), val, max_trials=3, max_epochs=2),
         _run(_linear_teacher(), (x, y), val, budget=TuneBudget(2, max_trials=3)),
@@ -219,13 +196,13 @@ def test_student_fn_with_hyperparameters():
             [keras.Input((N_IN,)), keras.layers.Dense(units), keras.layers.Dense(3)]
         )
 
-    x, y = _split(64, 1)
+    x, y = split(64, 1)
     result = tune(
         _linear_teacher(),
         student_with_hp,
         (x, y),
-        _split(32, 3),
-        loss=_hard_loss(),
+        split(32, 3),
+        loss=hard_loss(),
         max_epochs=1,
         search_space={"objective": "dkd", "temperature": 2.0, "alpha": 0.5},
         seed=0,
@@ -239,11 +216,11 @@ def test_student_fn_with_hyperparameters():
 def test_monitor_min_on_the_hard_loss():
     """Mode min with the strict rule (`margin=0.0`): the lowest loss wins.
     (The default paired margin is tested in test_tune_selection.py.)"""
-    x, y = _split(64, 1)
+    x, y = split(64, 1)
     result = _run(
         _linear_teacher(),
         (x, y),
-        _split(32, 3),
+        split(32, 3),
         monitor="val_hard_loss",
         mode="min",
         max_epochs=1,
@@ -259,7 +236,7 @@ def test_monitor_min_on_the_hard_loss():
 # Bad arguments
 # ---------------------------------------------------------------------------
 
-DATA = _split(32, 1)
+DATA = split(32, 1)
 
 
 @pytest.mark.parametrize(
@@ -301,7 +278,7 @@ def test_bad_arguments_are_refused_before_training(kwargs, error, match):
         student_fn=student_fn,
         train_data=DATA,
         validation_data=DATA,
-        loss=_hard_loss(),
+        loss=hard_loss(),
     )
     arguments.update(kwargs)
     with pytest.raises(error, match=match):
@@ -325,7 +302,7 @@ def test_bad_budget_is_refused_when_made(kwargs, error, match):
 def test_student_fn_returning_the_same_model_is_refused():
     model = student_fn()
     with pytest.raises(ValueError, match="new model each call"):
-        tune(_linear_teacher(), lambda: model, DATA, DATA, loss=_hard_loss())
+        tune(_linear_teacher(), lambda: model, DATA, DATA, loss=hard_loss())
 
 
 def test_monitor_that_is_not_logged_names_what_is():
@@ -335,7 +312,7 @@ def test_monitor_that_is_not_logged_names_what_is():
             student_fn,
             DATA,
             DATA,
-            loss=_hard_loss(),
+            loss=hard_loss(),
             monitor="val_auc",
             max_epochs=1,
         )
@@ -349,7 +326,7 @@ def test_existing_project_needs_overwrite(tmp_path):
             student_fn,
             DATA,
             DATA,
-            loss=_hard_loss(),
+            loss=hard_loss(),
             directory=str(tmp_path),
         )
 
@@ -357,17 +334,17 @@ def test_existing_project_needs_overwrite(tmp_path):
 def test_missing_keras_tuner_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "keras_tuner", None)
     with pytest.raises(ImportError, match=r"keras-kd\[tune\]"):
-        tune(_linear_teacher(), student_fn, DATA, DATA, loss=_hard_loss())
+        tune(_linear_teacher(), student_fn, DATA, DATA, loss=hard_loss())
 
 
 def test_the_generative_objectives_are_searchable_by_name():
-    x, y = _split(64, 1)
+    x, y = split(64, 1)
     result = tune(
         _linear_teacher(),
         lambda: keras.Sequential([keras.Input((N_IN,)), keras.layers.Dense(3)]),
         (x, y),
-        _split(32, 3),
-        loss=_hard_loss(),
+        split(32, 3),
+        loss=hard_loss(),
         max_epochs=1,
         search_space={"objective": ["jsd", "skew_reverse_kl"], "temperature": 1.0},
         max_trials=2,

@@ -13,6 +13,7 @@ import math
 import numpy as np
 import pytest
 
+from _tune_rig import N_IN, N_OUT, hard_loss, mapping, split, student_fn
 from keras_kd.backend import keras, tf
 
 pytest.importorskip("keras_tuner")
@@ -27,7 +28,6 @@ from keras_kd.tune import BUDGET_RECIPES, TuneResult, tune
 
 SEED = 0
 LR = 0.05
-N_IN, N_OUT = 8, 3
 Z = 1.645
 
 
@@ -192,47 +192,24 @@ def test_budget_recipes_cover_the_grid_once():
 # ---------------------------------------------------------------------------
 
 
-def _mapping():
-    return np.random.default_rng(7).normal(size=(N_IN, N_OUT)).astype("float32")
-
-
-def _split(n, seed):
-    x = np.random.default_rng(seed).normal(size=(n, N_IN)).astype("float32")
-    return x, (x @ _mapping()).argmax(-1).astype("int64")
-
-
 def _teacher():
     teacher = keras.Sequential([keras.Input((N_IN,)), keras.layers.Dense(N_OUT)])
-    teacher.set_weights([_mapping() * 10.0, np.zeros(N_OUT, "float32")])
+    teacher.set_weights([mapping() * 10.0, np.zeros(N_OUT, "float32")])
     return teacher
-
-
-def student_fn():
-    return keras.Sequential(
-        [
-            keras.Input((N_IN,)),
-            keras.layers.Dense(8, activation="relu"),
-            keras.layers.Dense(N_OUT),
-        ]
-    )
-
-
-def _hard_loss():
-    return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
 
 @pytest.fixture(scope="module")
 def rig():
     """Training batches with shuffled labels (a dataset: no shuffling in
     `fit`, so the baseline can be replayed) and numpy validation data."""
-    x, y = _split(256, 1)
+    x, y = split(256, 1)
     y_shuffled = np.random.default_rng(2).permutation(y)
     train = tf.data.Dataset.from_tensor_slices((x, y_shuffled)).batch(64)
-    return train, _split(128, 3)
+    return train, split(128, 3)
 
 
 def _tune(train, val, **kwargs):
-    settings = dict(loss=_hard_loss(), optimizer=keras.optimizers.Adam(LR), seed=SEED)
+    settings = dict(loss=hard_loss(), optimizer=keras.optimizers.Adam(LR), seed=SEED)
     settings.update(kwargs)
     return tune(_teacher(), student_fn, train, val, batch_size=64, **settings)
 
@@ -241,7 +218,7 @@ def _replayed_baseline(train, epochs):
     """The baseline, trained again as plain Keras trains it."""
     keras.utils.set_random_seed(SEED)
     model = student_fn()
-    model.compile(optimizer=keras.optimizers.Adam(LR), loss=_hard_loss())
+    model.compile(optimizer=keras.optimizers.Adam(LR), loss=hard_loss())
     keras.utils.set_random_seed(SEED)
     model.fit(train, epochs=epochs, shuffle=False, verbose=0)
     return model
@@ -378,7 +355,7 @@ def test_auto_margin_is_fixed_zero_where_pairing_cannot_work(rig):
 # Bad arguments, refused before training
 # ---------------------------------------------------------------------------
 
-DATA = _split(32, 1)
+DATA = split(32, 1)
 
 
 def _untouched_train_data():
@@ -451,7 +428,7 @@ def test_bad_budget_and_margin_are_refused_before_training(kwargs, error, match)
         student_fn=student_fn,
         train_data=train,
         validation_data=DATA,
-        loss=_hard_loss(),
+        loss=hard_loss(),
     )
     arguments.update(kwargs)
     with pytest.raises(error, match=match):
