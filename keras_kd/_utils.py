@@ -311,9 +311,7 @@ def rescales_inputs(model) -> bool:
     Such a model scales its own inputs, so it is fed images as they are stored
     (0-255), not divided by 255.
     """
-    return any(
-        type(layer).__name__ in RESCALING_LAYERS for layer in walk_layers(model)
-    )
+    return any(type(layer).__name__ in RESCALING_LAYERS for layer in walk_layers(model))
 
 
 def applies_softmax(layer) -> bool:

@@ -321,6 +321,13 @@ def test_tflite_row_matches_the_keras_student(tmp_path):
     assert row["size_bytes"] == os.path.getsize(path)
     assert row["params"] == student.count_params()
     assert row["latency_ms"] > 0
+    # The file's latency at 1 and 4 threads, the 1-thread median in the row.
+    assert [f["threads"] for f in report.tflite_latency] == [1, 4]
+    for figures in report.tflite_latency:
+        assert 0 < figures["median_ms"] <= figures["p90_ms"]
+    assert row["latency_ms"] == report.tflite_latency[0]["median_ms"]
+    for text in (str(report), report.to_markdown(), report.to_html()):
+        assert "LiteRT file, batch 1 (XNNPACK), after warm-up" in text
 
 
 def test_readme_snippet_writes_the_report(tmp_path, monkeypatch):

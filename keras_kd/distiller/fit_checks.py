@@ -44,6 +44,8 @@ from keras_kd.distiller import batches, teacher_side
 
 # Rows of numpy data the teacher is run on when `batch_size` is not given.
 _DEFAULT_BATCH = 32
+
+
 @dataclasses.dataclass(frozen=True)
 class FitSubject:
     """What the checks read of the `Distiller` about to train.
@@ -168,9 +170,7 @@ def _check_samples(subject, x, y, weights, names, batch_size, run_teacher=True):
     x = tf.nest.map_structure(_batches.to_numpy, x)
     _check_inputs(subject, x, names[0])
     if labelled is None and y is not None:
-        _check_labels(
-            subject, tf.nest.map_structure(_batches.to_numpy, y), label_name
-        )
+        _check_labels(subject, tf.nest.map_structure(_batches.to_numpy, y), label_name)
     if stored is not None:
         _check_stored_outputs(subject, first, stored, names[0], run_teacher)
     elif run_teacher:

@@ -32,6 +32,7 @@ The package holds one step a module: `tflite` (`to_tflite`), `runtime`
 data) and `_verify` (parity with the Keras model) are their parts.
 """
 
+from keras_kd.export.latency import measure_latency
 from keras_kd.export.report import ExportReport
 from keras_kd.export.runtime import evaluate_tflite, predict_tflite, read_metadata
 from keras_kd.export.tflite import QUANTIZATIONS, to_tflite
@@ -40,6 +41,7 @@ __all__ = [
     "ExportReport",
     "QUANTIZATIONS",
     "evaluate_tflite",
+    "measure_latency",
     "predict_tflite",
     "read_metadata",
     "to_tflite",

@@ -162,14 +162,20 @@ class Runner:
             parts.append(self._outputs_now())
         return [np.concatenate(p) for p in zip(*parts)]
 
-    def latency_ms(self, arrays, runs: int) -> float:
-        """The median time of one invocation on the first sample, in ms."""
+    def latency(self, arrays, runs: int, warmup: int = 5) -> tuple:
+        """`(median, 90th percentile)` in ms of one invocation on the first
+        sample (a batch of 1), after `warmup` untimed invocations."""
         self._set_inputs([a[:1] for a in arrays])
-        for _ in range(min(5, runs)):
+        for _ in range(warmup):
             self.interpreter.invoke()
         times = []
         for _ in range(runs):
             start = time.perf_counter()
             self.interpreter.invoke()
             times.append(time.perf_counter() - start)
-        return 1000.0 * float(np.median(times))
+        times = 1000.0 * np.asarray(times)
+        return float(np.median(times)), float(np.percentile(times, 90))
+
+    def latency_ms(self, arrays, runs: int) -> float:
+        """The median time of one invocation on the first sample, in ms."""
+        return self.latency(arrays, runs, warmup=min(5, runs))[0]

@@ -14,6 +14,9 @@ from keras_kd.backend import tf
 from keras_kd.export._convert import flex_ops
 from keras_kd.export._runner import BATCH_SIZE, Runner
 
+# Untimed invocations before the timed ones, as an app's first frames.
+WARMUP_RUNS = 10
+
 
 def keras_outputs(model, structure, arrays, batch_size: int = BATCH_SIZE) -> list:
     """The Keras model's float32 outputs (a list of arrays) on `arrays`."""
@@ -44,6 +47,7 @@ def verify(
     verification,
     latency_runs: int,
     num_threads,
+    latency_threads=(1,),
 ) -> None:
     """Runs `content` and fills in `report`'s parity and latency fields.
 
@@ -58,8 +62,11 @@ def verify(
         specs: one `tf.TensorSpec` per flat input.
         verification: a list of arrays (one per input) to compare on, or
             None to run the file on random inputs (for latency only).
-        latency_runs: invocations to time (0: none).
-        num_threads: the interpreter's threads (None: its default).
+        latency_runs: invocations to time per thread count (0: none).
+        num_threads: the interpreter's threads for the comparison (None:
+            its default).
+        latency_threads: the thread counts to time at, each with an
+            interpreter of its own (batch 1, `WARMUP_RUNS` untimed runs).
     """
     select_ops = flex_ops(content)
     if select_ops:
@@ -109,4 +116,14 @@ def verify(
             )
         sample = verification
     if latency_runs:
-        report.latency_ms = runner.latency_ms(sample, latency_runs)
+        for threads in latency_threads:
+            timed = runner
+            if threads != (num_threads or 1):
+                timed = Runner(content=content, num_threads=threads)
+            median, p90 = timed.latency(sample, latency_runs, WARMUP_RUNS)
+            report.latency.append(
+                {"threads": threads, "median_ms": median, "p90_ms": p90}
+            )
+        lead = report.latency[0]
+        report.latency_ms = lead["median_ms"]
+        report.latency_p90_ms = lead["p90_ms"]

@@ -28,7 +28,12 @@ class ExportReport:
             class is the same in the file and in the Keras model (first
             output, classifiers only); None otherwise.
         latency_ms: the interpreter's median latency for one sample
-            (batch of 1), in milliseconds; None when not measured.
+            (batch of 1, after warm-up), in milliseconds, at the first
+            thread count of `latency`; None when not measured.
+        latency_p90_ms: the 90th percentile of the same invocations.
+        latency: one dict per thread count, `{"threads": n, "median_ms":
+            ..., "p90_ms": ...}` (by default at 1 and 4 threads; see
+            `to_tflite`'s `latency_threads`); empty when not measured.
         num_verify_samples: how many samples the comparison used.
         interpreter: `"ai_edge_litert"` or `"tf.lite"` (the fallback).
         input_dtypes: the file's input tensor types, e.g. `["float32"]`.
@@ -52,6 +57,8 @@ class ExportReport:
     max_rel_diff: float | None = None
     top1_agreement: float | None = None
     latency_ms: float | None = None
+    latency_p90_ms: float | None = None
+    latency: list = dataclasses.field(default_factory=list)
     num_verify_samples: int = 0
     interpreter: str | None = None
     input_dtypes: list = dataclasses.field(default_factory=list)
@@ -72,7 +79,14 @@ class ExportReport:
             parts.append(f"max |diff| {self.max_abs_diff:.3g}")
         if self.top1_agreement is not None:
             parts.append(f"top-1 agreement {100 * self.top1_agreement:.2f}%")
-        if self.latency_ms is not None:
+        for figures in self.latency:
+            threads = figures["threads"]
+            parts.append(
+                f"{figures['median_ms']:.3g} ms/sample median, "
+                f"{figures['p90_ms']:.3g} p90 ({threads} "
+                f"thread{'s' if threads > 1 else ''})"
+            )
+        if self.latency_ms is not None and not self.latency:
             parts.append(f"{self.latency_ms:.3g} ms/sample")
         text = ", ".join(parts)
         for note in self.notes:

@@ -32,6 +32,7 @@ from keras_kd.export._convert import (
     layers_named,
 )
 from keras_kd.export._verify import verify as verify_file
+from keras_kd.export.latency import check_threads
 from keras_kd.export.report import ExportReport
 
 
@@ -47,6 +48,7 @@ def to_tflite(
     num_verify_samples: int = 1000,
     latency_runs: int = 50,
     num_threads: int | None = None,
+    latency_threads=None,
     select_tf_ops: bool = False,
     metadata: Mapping[str, str | bytes] | None = None,
     converter_options: Mapping[str, Any] | None = None,
@@ -86,10 +88,16 @@ def to_tflite(
             it is read from the model, or else from the data.
         num_calibration_samples: the most samples used for calibration.
         num_verify_samples: the most samples used for verification.
-        latency_runs: single-sample invocations timed for `latency_ms`
-            (0 to skip).
-        num_threads: threads of the interpreter used for verification and
-            latency (None: the interpreter's default, one).
+        latency_runs: single-sample invocations timed per thread count,
+            after 10 untimed ones, for `latency` (0 to skip).
+        num_threads: threads of the interpreter used for verification
+            (None: the interpreter's default, one).
+        latency_threads: the thread counts at which latency is measured,
+            each with an interpreter of its own (batch 1, XNNPACK, the
+            median and 90th percentile): an int or a sequence of ints.
+            None: `num_threads` (or 1) and 4, as a phone app runs on one
+            or four threads. `latency_ms` and `latency_p90_ms` are at the
+            first.
         select_tf_ops: allow TensorFlow ops that have no LiteRT builtin
             kernel (the app must then link the select-TF-ops library). The
             Python LiteRT interpreter cannot run such files, so they are not
@@ -130,6 +138,9 @@ def to_tflite(
     check_int(num_verify_samples, "num_verify_samples", 1, "samples")
     check_int(latency_runs, "latency_runs", 0, "timed invocations")
     check_num_threads(num_threads)
+    if latency_threads is None:
+        latency_threads = (num_threads or 1, 4)
+    latency_threads = check_threads(latency_threads, "latency_threads")
     check_bool(select_tf_ops, "select_tf_ops")
     verify = check_bool(verify, "verify")
     metadata = check_metadata(metadata)
@@ -178,6 +189,7 @@ def to_tflite(
             verification,
             latency_runs,
             num_threads,
+            latency_threads,
         )
     write_atomically(path, content)  # only once verified
     return report

@@ -312,7 +312,9 @@ def compare(
     y = metrics.labels_of(labels, len(probs["teacher"]), num_classes, "data")
     class_names = _check_class_names(class_names, num_classes)
 
-    costs, notes = _costs(models, runner, tflite, structure, first, latency_runs)
+    costs, notes, tflite_latency = _costs(
+        models, runner, tflite, structure, first, latency_runs
+    )
     rows, reliability = {}, {}
     for name, p in probs.items():
         rows[name] = _row(p, probs["teacher"], y, num_bins, *costs[name])
@@ -338,6 +340,7 @@ def compare(
         num_bins=num_bins,
         reliability=reliability,
         history=segments,
+        tflite_latency=tflite_latency,
         notes=notes,
     )
 
@@ -386,9 +389,10 @@ def _probabilities(outputs) -> dict:
 
 def _costs(models, runner, tflite, structure, first, latency_runs):
     """Per name `(params, size in bytes or None, latency in ms or None)`,
-    and the notes on sizes: the `.keras` file of each model, the `.tflite`
-    file (run by `runner`) with the student's parameters; the median of
-    `latency_runs` calls on the `first` sample (none with 0)."""
+    the notes on sizes, and the `.tflite` file's latency at 1 and 4 threads
+    (or None): the `.keras` file of each model, the `.tflite` file (run by
+    `runner`) with the student's parameters; the median of `latency_runs`
+    calls on the `first` sample (none with 0), the file's at 1 thread."""
     costs, notes = {}, []
     one = tf.nest.pack_sequence_as(structure, first)
     for name, model in models.items():
@@ -398,11 +402,19 @@ def _costs(models, runner, tflite, structure, first, latency_runs):
         if latency_runs:
             latency = _median_ms(lambda m=model: m.predict_on_batch(one), latency_runs)
         costs[name] = (model.count_params(), size, latency)
+    tflite_latency = None
     if runner is not None:
-        latency = runner.latency_ms(first, latency_runs) if latency_runs else None
+        latency = None
+        if latency_runs:
+            from keras_kd.export.latency import DEFAULT_THREADS, measure_latency
+
+            tflite_latency = measure_latency(
+                tflite, first, threads=DEFAULT_THREADS, runs=latency_runs
+            )
+            latency = tflite_latency[0]["median_ms"]
         params = models["student"].count_params()
         costs["tflite"] = (params, os.path.getsize(tflite), latency)
-    return costs, notes
+    return costs, notes, tflite_latency
 
 
 def _row(p, teacher_probs, y, num_bins, params, size, latency) -> dict:

@@ -58,6 +58,19 @@ def model_rows(report) -> list:
     ]
 
 
+_LATENCY_TITLE = "LiteRT file, batch 1 (XNNPACK), after warm-up"
+
+
+def latency_rows(report) -> tuple:
+    """The `.tflite` file's latency per thread count (no rows without)."""
+    header = ("threads", "median", "p90")
+    rows = [
+        [str(f["threads"]), _ms(f["median_ms"]), _ms(f["p90_ms"])]
+        for f in report.tflite_latency or []
+    ]
+    return header, rows
+
+
 def worst_rows(report) -> tuple:
     header = ("class", "teacher", "student", "gap")
     rows = [
@@ -107,6 +120,9 @@ def text(report) -> str:
         f"classes (ECE: {report.num_bins} bins)"
     ]
     lines += _table(_COLUMNS, model_rows(report))
+    if report.tflite_latency:
+        lines += ["", f"{_LATENCY_TITLE}:"]
+        lines += _table(*latency_rows(report))
     if report.worst_classes:
         lines += ["", "Classes where the student falls furthest behind the teacher:"]
         lines += _table(*worst_rows(report))
@@ -147,6 +163,9 @@ def markdown(report) -> str:
         "",
     ]
     lines += _md_table(_COLUMNS, model_rows(report))
+    if report.tflite_latency:
+        lines += ["", f"## {_LATENCY_TITLE}", ""]
+        lines += _md_table(*latency_rows(report))
     if report.worst_classes:
         lines += ["", "## Classes where the student falls furthest behind", ""]
         lines += _md_table(*worst_rows(report))
@@ -195,6 +214,9 @@ def html_page(report, figures: dict, missing: str | None) -> str:
         "batch of 1, median.</p>",
         _html_table(_COLUMNS, model_rows(report)),
     ]
+    if report.tflite_latency:
+        parts.append(f"<h2>{html.escape(_LATENCY_TITLE)}</h2>")
+        parts.append(_html_table(*latency_rows(report)))
     if report.worst_classes:
         parts.append("<h2>Classes where the student falls furthest behind</h2>")
         parts.append(_html_table(*worst_rows(report)))

@@ -64,6 +64,9 @@ class Report:
             "confidence" of its reliability diagram.
         history: the training history as a list of generations, each
             `{metric: [per-epoch values]}`; None when none was given.
+        tflite_latency: with a `.tflite` file, its latency at 1 and 4
+            threads, batch 1, after warm-up: a list of `{"threads": n,
+            "median_ms": ..., "p90_ms": ...}`; None otherwise.
         notes: anything the figures need to be read with.
     """
 
@@ -75,6 +78,7 @@ class Report:
     num_bins: int = 15
     reliability: dict = dataclasses.field(default_factory=dict)
     history: list | None = None
+    tflite_latency: list | None = None
     notes: list = dataclasses.field(default_factory=list)
 
     def to_dict(self) -> dict:
