@@ -44,6 +44,7 @@ try:
         report,
         taps,
     )
+    from keras_kd.budget import BudgetResult, tune_for_budget
     from keras_kd.chain import ChainResult, distill_chain
     from keras_kd.distiller import Distiller
     from keras_kd.lm import init_from_teacher
@@ -82,5 +83,7 @@ __all__ = [
     "TuneResult",
     "distill_chain",
     "tune",
+    "tune_for_budget",
+    "BudgetResult",
     "__version__",
 ]
