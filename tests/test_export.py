@@ -536,3 +536,25 @@ def test_subclassed_tf_keras_model_knows_its_inputs_after_a_call(tmp_path, data)
         model, tmp_path / "m.tflite", "int8", representative_data=data[0]
     )
     assert report.top1_agreement >= 0.9
+
+
+def test_a_layer_calibrated_on_one_value_is_named_when_the_file_does_not_prepare(
+    tmp_path,
+):
+    # The second ReLU is never positive (negative weights on non-negative
+    # inputs, zero bias): int8 calibration sees a constant, and XNNPACK
+    # refuses the file. The error says which tensors and why.
+    x = np.random.default_rng(0).normal(size=(64, 8)).astype("float32")
+    dead = keras.initializers.Constant(-1.0)
+    model = keras.Sequential(
+        [
+            keras.Input((8,)),
+            keras.layers.Dense(2, "relu"),
+            keras.layers.Dense(2, "relu", kernel_initializer=dead, name="dead"),
+            keras.layers.Dense(4),
+        ]
+    )
+    path = tmp_path / "dead.tflite"
+    with pytest.raises(RuntimeError, match=r"does not prepare.*dead.*one value"):
+        export.to_tflite(model, path, "int8", x)
+    assert not path.exists()

@@ -12,7 +12,7 @@ import numpy as np
 
 from keras_kd.backend import tf
 from keras_kd.export._convert import flex_ops
-from keras_kd.export._runner import BATCH_SIZE, Runner
+from keras_kd.export._runner import BATCH_SIZE, Runner, interpreter_class
 
 # Untimed invocations before the timed ones, as an app's first frames.
 WARMUP_RUNS = 10
@@ -77,7 +77,10 @@ def verify(
             "select-TF-ops library."
         )
         return
-    runner = Runner(content=content, num_threads=num_threads)
+    try:
+        runner = Runner(content=content, num_threads=num_threads)
+    except RuntimeError as error:
+        raise RuntimeError(_unprepared(content, error)) from error
     report.interpreter = runner.name
     report.input_dtypes, report.output_dtypes = runner.dtypes()
     if runner.note:
@@ -127,3 +130,33 @@ def verify(
         lead = report.latency[0]
         report.latency_ms = lead["median_ms"]
         report.latency_p90_ms = lead["p90_ms"]
+
+
+# A quantized tensor whose scale is below this was calibrated on a range that
+# is (nearly) a single value: XNNPACK refuses to prepare such a file.
+_DEGENERATE_SCALE = 1e-6
+
+
+def _unprepared(content: bytes, error: Exception) -> str:
+    """Why the interpreter could not prepare the file, with the tensors whose
+    calibrated range is (nearly) constant named where there are any."""
+    names = []
+    try:
+        cls = interpreter_class()[0]
+        details = cls(model_content=content).get_tensor_details()
+    except (RuntimeError, ValueError):
+        details = []
+    for detail in details:
+        scales = detail.get("quantization_parameters", {}).get("scales")
+        if scales is not None and len(scales) and np.min(scales) < _DEGENERATE_SCALE:
+            names.append(detail["name"])
+    message = f"The converted file does not prepare in the LiteRT interpreter: {error}"
+    if names:
+        message += (
+            f" The quantized tensors {names} were calibrated on a range of "
+            "(nearly) one value: the layer's output did not vary over "
+            "`representative_data` (e.g. a ReLU that is never positive, as in "
+            "an untrained or collapsed layer). Train the model, or give "
+            "representative data that exercises every layer."
+        )
+    return message
