@@ -326,6 +326,12 @@ def _distill(files, tmp_path, **changes):
         ({"--alpha": "1.5"}, "expected a number between 0 and 1, got 1.5"),
         ({"--epochs": "0"}, "expected a positive integer, got 0"),
         ({"--export": "int4"}, "argument --export: invalid choice: 'int4'"),
+        ({"--labels": "{text}"}, "--labels and --normalization: need --export"),
+        ({"--export": "dynamic", "--normalization": "0,255"},
+         "--normalization: needs --labels"),
+        ({"--export": "dynamic", "--labels": "{root}/no.txt"},
+         "--labels {root}/no.txt: no such file"),
+        ({"--normalization": "0,-1"}, "expected MEAN,STD, two numbers with STD > 0"),
     ],
 )
 def test_distill_refuses_mistakes_before_training(
@@ -368,3 +374,26 @@ def test_each_command_has_help(command, capsys):
     assert out.startswith(f"usage: keras-kd {command}")
     assert {"distill": "--objective", "export": "--quantization",
             "report": "--baseline", "demo": "--verbose"}[command] in out  # fmt: skip
+
+
+def test_export_writes_the_metadata_a_phone_app_reads(files, tmp_path, capsys):
+    labels = tmp_path / "labels.txt"
+    labels.write_text("\n".join(CLASSES) + "\n")
+    out = tmp_path / "t.tflite"
+    argv = ["export", files["teacher"], out, "--labels", labels]
+    assert cli.main([str(a) for a in argv]) == 0
+    # The teacher takes [0, 1] inputs (no Rescaling layer): pixel / 255.
+    assert "input = (pixel - 0) / 255" in capsys.readouterr().out
+    standard = kd.export.read_metadata(out)["TFLITE_METADATA"]
+    assert standard["labels"] == list(CLASSES)
+    (image,) = standard["inputs"]
+    assert image["color_space"] == "GRAYSCALE"
+    assert (image["mean"], image["std"]) == ([0.0], [255.0])
+    argv += ["--normalization", "127.5,127.5"]
+    assert cli.main([str(a) for a in argv]) == 0
+    (image,) = kd.export.read_metadata(out)["TFLITE_METADATA"]["inputs"]
+    assert (image["mean"], image["std"]) == ([127.5], [127.5])
+    labels.write_text("circle\nline\n")
+    line = _error(argv, capsys)
+    assert "the export failed: Argument `labels` must name each of the " in line
+    assert "model's 3 classes. Received 2 labels" in line

@@ -51,6 +51,21 @@ def positive_float(text):
     return value
 
 
+def mean_std(text):
+    """argparse type of `--normalization`: `MEAN,STD`, two numbers, STD > 0."""
+    parts = text.split(",")
+    try:
+        mean, std = (float(part) for part in parts)
+    except ValueError:
+        mean, std = float("nan"), float("nan")
+    if not (abs(mean) < float("inf") and 0.0 < std < float("inf")):
+        raise argparse.ArgumentTypeError(
+            "expected MEAN,STD, two numbers with STD > 0 such that the "
+            f"model's input is (pixel - MEAN) / STD (e.g. 127.5,127.5), got {text}"
+        )
+    return mean, std
+
+
 def fraction(text):
     """argparse type: a number in [0, 1] (alpha)."""
     try:

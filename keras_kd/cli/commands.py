@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import os
 
-from keras_kd.cli import _checks, _data, _io, _pixels
+from keras_kd.cli import _checks, _data, _io, _phone, _pixels
 from keras_kd.cli._args import (
     UsageError,
     add_verbosity,
@@ -165,6 +165,7 @@ def _add_distill_parser(sub) -> None:
         default=None,
         help="also export the student to OUTPUT_<mode>.tflite, next to it",
     )
+    _phone.add_options(distill, "--export")
     _add_unsafe(distill)
     add_verbosity(distill, 1, "training progress")
     distill.set_defaults(run=run_distill)
@@ -188,6 +189,7 @@ def _add_export_parser(sub) -> None:
     )
     _add_data(export, "train", "calibration and verification images", required=False)
     _pixels.add_option(export, ())
+    _phone.add_options(export, "the export")
     _add_unsafe(export)
     export.set_defaults(run=run_export)
 
@@ -235,7 +237,7 @@ def _tflite_path(output: str, mode: str) -> str:
     return f"{os.path.splitext(output)[0]}_{mode}.tflite"
 
 
-def _export(model, path, mode, data, *, label="the export"):
+def _export(model, path, mode, data, *, label="the export", phone=None):
     import keras_kd as kd
 
     quantization = None if mode == "float32" else mode
@@ -248,6 +250,7 @@ def _export(model, path, mode, data, *, label="the export"):
             quantization=quantization,
             representative_data=data,
             verify_data=data,
+            **(phone or {}),
         )
     except (ValueError, TypeError) as e:
         raise UsageError(f"{label} failed: {' '.join(str(e).split())}") from None
@@ -324,6 +327,9 @@ def run_distill(args) -> int:
 
     output = _io.check_output_path(args.output, "--output", (".keras", ".h5"))
     tflite = _tflite_path(output, args.export) if args.export else None
+    if not tflite and (args.labels or args.normalization):
+        raise UsageError("--labels and --normalization: need --export")
+    _phone.check_args(args)
     teacher, student = _load_pair(args)
     ranges = {
         "teacher": _pixels.resolve(args.pixel_range, "teacher", teacher),
@@ -361,13 +367,17 @@ def run_distill(args) -> int:
     write_atomically(output, student.save)
     print(f"Saved the student to {output}")
     if tflite:  # calibrated on the student's own range
-        print(_export(student, tflite, args.export, train, label="--export"))
+        phone = _phone.metadata(args, ranges["student"][0])
+        print(
+            _export(student, tflite, args.export, train, label="--export", phone=phone)
+        )
     return 0
 
 
 def run_export(args) -> int:
     """Runs `keras-kd export` (see the module docstring)."""
     output = _io.check_output_path(args.output, "OUTPUT", (".tflite",))
+    _phone.check_args(args)
     model = _io.load_model(args.model, "MODEL", args.unsafe)
     data = None
     pixel_range = _pixels.resolve(args.pixel_range, "model", model)
@@ -376,7 +386,8 @@ def run_export(args) -> int:
             args.data, args.data_dir, args.split, model, 32, model_argument="MODEL",
             pixel_range=pixel_range[0],
         )  # fmt: skip
-    print(_export(model, output, args.quantization, data))
+    phone = _phone.metadata(args, pixel_range[0])
+    print(_export(model, output, args.quantization, data, phone=phone))
     if data is not None:
         print(_pixels.describe({"calibration images": pixel_range}))
     return 0

@@ -10,14 +10,14 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
-from keras_kd._utils import check_int, check_model
+from keras_kd._utils import check_int, check_model, check_number
 
 # The `quantization` modes of `to_tflite`; None is float32.
 QUANTIZATIONS = (None, "float16", "dynamic", "int8", "int8_io")
 # Modes whose activations are integers, calibrated on representative data.
 FULL_INTEGER = ("int8", "int8_io")
 # Metadata names the converter writes itself.
-RESERVED_METADATA = ("min_runtime_version", "CONVERSION_METADATA")
+RESERVED_METADATA = ("min_runtime_version", "CONVERSION_METADATA", "TFLITE_METADATA")
 # Converter attributes that `quantization` and `representative_data` set.
 MANAGED_CONVERTER_OPTIONS = (
     "optimizations",
@@ -168,3 +168,80 @@ def check_converter_options(options) -> dict:
             "attributes (e.g. experimental_new_quantizer)."
         )
     return dict(options)
+
+
+def check_labels(labels) -> tuple | None:
+    """Class names: a sequence of strings, or the path of a text file with
+    one per line (blank lines at the end ignored)."""
+    if labels is None:
+        return None
+    if isinstance(labels, (str, os.PathLike)):
+        path = os.fspath(labels)
+        if not os.path.isfile(path):
+            raise ValueError(
+                "Argument `labels` names a file that does not exist. "
+                f"Received: labels={path!r}. Expected a text file with one "
+                "class name per line, or a list of names."
+            )
+        with open(path, encoding="utf-8") as f:
+            labels = f.read().rstrip("\n").split("\n")
+    elif not isinstance(labels, (list, tuple)):
+        raise TypeError(
+            "Argument `labels` must be a list of class names or the path of "
+            f"a text file. Received: labels={labels!r} of type "
+            f"{type(labels).__name__}."
+        )
+    labels = tuple(labels)
+    for label in labels:
+        if not isinstance(label, str) or not label or "\n" in label:
+            raise ValueError(
+                "Argument `labels` must hold non-empty strings without line "
+                f"breaks, one per class. Received the label {label!r} in "
+                f"labels={list(labels)!r}."
+            )
+    if len(labels) < 2:
+        raise ValueError(
+            "Argument `labels` must name at least 2 classes. Received: "
+            f"labels={list(labels)!r}."
+        )
+    return labels
+
+
+def check_normalization(normalization) -> tuple | None:
+    """`(mean, std)`, each a number or a sequence of per-channel numbers,
+    as a pair of tuples; std > 0."""
+    if normalization is None:
+        return None
+    expected = (
+        "Expected (mean, std) such that the model's input is "
+        "(pixel - mean) / std for pixels in [0, 255], each a number or one "
+        "per channel: e.g. (127.5, 127.5) for inputs in [-1, 1], (0, 255) "
+        "for [0, 1], (0, 1) for a model that rescales raw pixels itself."
+    )
+    if not isinstance(normalization, (list, tuple)) or len(normalization) != 2:
+        raise ValueError(
+            "Argument `normalization` must be a pair (mean, std). Received: "
+            f"normalization={normalization!r}. {expected}"
+        )
+    pair = []
+    for part, low in zip(normalization, (None, 0.0)):
+        values = part if isinstance(part, (list, tuple)) else (part,)
+        if not values:
+            raise ValueError(
+                f"Argument `normalization` has an empty part. Received: "
+                f"normalization={normalization!r}. {expected}"
+            )
+        pair.append(
+            tuple(
+                check_number(v, "normalization", low=low, low_open=True, what="std > 0")
+                if low is not None
+                else check_number(v, "normalization")
+                for v in values
+            )
+        )
+    if any(v != v or abs(v) == float("inf") for v in pair[0] + pair[1]):
+        raise ValueError(
+            "Argument `normalization` must hold finite numbers. Received: "
+            f"normalization={normalization!r}."
+        )
+    return tuple(pair)

@@ -38,6 +38,11 @@ class ExportReport:
         interpreter: `"ai_edge_litert"` or `"tf.lite"` (the fallback).
         input_dtypes: the file's input tensor types, e.g. `["float32"]`.
         output_dtypes: the file's output tensor types.
+        mediapipe_ready: whether the file carries the standard image
+            classifier metadata (`to_tflite`'s `labels` and
+            `normalization`) with tensor types that MediaPipe's
+            `ImageClassifier` takes (an RGB input; float32 input and output:
+            every mode but `"int8_io"`), so a phone app loads it as it is.
         notes: anything the figures above need to be read with.
 
     Example:
@@ -63,6 +68,7 @@ class ExportReport:
     interpreter: str | None = None
     input_dtypes: list = dataclasses.field(default_factory=list)
     output_dtypes: list = dataclasses.field(default_factory=list)
+    mediapipe_ready: bool = False
     notes: list = dataclasses.field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -88,6 +94,8 @@ class ExportReport:
             )
         if self.latency_ms is not None and not self.latency:
             parts.append(f"{self.latency_ms:.3g} ms/sample")
+        if self.mediapipe_ready:
+            parts.append("MediaPipe-ready metadata")
         text = ", ".join(parts)
         for note in self.notes:
             text += f"\n  note: {note}"

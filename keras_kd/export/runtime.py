@@ -16,6 +16,7 @@ from keras_kd._batches import check_data_kind, iterate_batches
 from keras_kd._utils import check_int
 from keras_kd.export._checks import check_existing_file, check_num_threads
 from keras_kd.export._convert import metadata_entries
+from keras_kd.export._metadata import FIELD_NAME, parse
 from keras_kd.export._runner import BATCH_SIZE, Runner
 
 # Public for other packages (kd.report): one interpreter on a file, kept open.
@@ -157,13 +158,21 @@ def read_metadata(path) -> dict:
     """The metadata table of a `.tflite` file, as `{name: bytes}`.
 
     Holds what `to_tflite(metadata=...)` stored, plus the converter's own
-    entries (`min_runtime_version`, `CONVERSION_METADATA`).
+    entries (`min_runtime_version`, `CONVERSION_METADATA`). The standard
+    metadata that `to_tflite(labels=..., normalization=...)` writes (or any
+    other tool writing the TFLite metadata schema) comes parsed, under
+    `"TFLITE_METADATA"`: a dict with the model's `name`, `description`,
+    `version`, `author`, `min_parser_version`, its `inputs` and `outputs`
+    (one dict per tensor: `name`, `description`, `color_space`, `mean`,
+    `std`, `min`, `max`, `associated_files`, `labels`) and `labels` (the
+    class names read from the label file zipped into the file).
 
     Args:
         path: a `.tflite` file.
 
     Returns:
-        A dict from entry names to their bytes.
+        A dict from entry names to their bytes (to the parsed dict for
+        `"TFLITE_METADATA"`).
 
     Example:
 
@@ -171,9 +180,17 @@ def read_metadata(path) -> dict:
     kd.export.to_tflite(student, "student.tflite",
                         metadata={"labels": "cat\\ndog"})
     labels = kd.export.read_metadata("student.tflite")["labels"].decode()
+
+    kd.export.to_tflite(student, "phone.tflite", labels=["cat", "dog"],
+                        normalization=(127.5, 127.5))
+    kd.export.read_metadata("phone.tflite")["TFLITE_METADATA"]["labels"]
+    # ['cat', 'dog']
     ```
     """
     path = check_existing_file(path)
     with open(path, "rb") as f:
         content = f.read()
-    return metadata_entries(content)
+    entries = metadata_entries(content)
+    if FIELD_NAME in entries:
+        entries[FIELD_NAME] = parse(entries[FIELD_NAME], content)
+    return entries

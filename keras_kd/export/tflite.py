@@ -18,7 +18,9 @@ from keras_kd.export._checks import (
     QUANTIZATIONS,
     check_converter_options,
     check_export_model,
+    check_labels,
     check_metadata,
+    check_normalization,
     check_num_threads,
     check_path,
     check_quantization,
@@ -31,6 +33,7 @@ from keras_kd.export._convert import (
     float32_model,
     layers_named,
 )
+from keras_kd.export._metadata import attach, describe
 from keras_kd.export._verify import verify as verify_file
 from keras_kd.export.latency import check_threads
 from keras_kd.export.report import ExportReport
@@ -51,6 +54,8 @@ def to_tflite(
     latency_threads=None,
     select_tf_ops: bool = False,
     metadata: Mapping[str, str | bytes] | None = None,
+    labels=None,
+    normalization=None,
     converter_options: Mapping[str, Any] | None = None,
     verify: bool = True,
 ) -> ExportReport:
@@ -105,6 +110,21 @@ def to_tflite(
         metadata: entries `{name: str or bytes}` stored in the file's
             metadata table (e.g. `{"labels": "cat\\ndog"}`); read them back
             with `read_metadata`.
+        labels: the class names of an image classifier, in class order: a
+            list of strings, or the path of a text file with one per line.
+            With `normalization`, the file gets the standard TFLite
+            metadata that MediaPipe Tasks and the Task Library read (the
+            image input's colour space and normalization, the output as
+            class scores with a `labels.txt` file zipped into the file), so
+            a phone app loads it as it is. Needs one image input
+            `(batch, height, width, 3 or 1)` and one `(batch, classes)`
+            output with as many classes as labels.
+        normalization: `(mean, std)`, each a number or one per channel,
+            such that the model's input is `(pixel - mean) / std` for
+            pixels in [0, 255]: `(127.5, 127.5)` for inputs in [-1, 1],
+            `(0, 255)` for [0, 1], `(0, 1)` for a model that rescales raw
+            pixels itself. Required with `labels`; alone, it writes the
+            metadata without a label file.
         converter_options: further `tf.lite.TFLiteConverter` attributes to
             set, e.g. `{"experimental_new_quantizer": True}`.
         verify: run the file in the interpreter and compare it with the
@@ -144,6 +164,10 @@ def to_tflite(
     check_bool(select_tf_ops, "select_tf_ops")
     verify = check_bool(verify, "verify")
     metadata = check_metadata(metadata)
+    labels = check_labels(labels)
+    normalization = check_normalization(normalization)
+    if labels is not None and normalization is None:
+        describe(model, [], labels, normalization, quantization)  # raises
     converter_options = check_converter_options(converter_options)
     check_data_kind(representative_data, "representative_data")
     check_data_kind(verify_data, "verify_data")
@@ -159,6 +183,7 @@ def to_tflite(
         num_verify_samples,
         verify,
     )
+    image = describe(model, specs, labels, normalization, quantization)
     convertible, mixed_note = float32_model(model)
     content = convert(
         convertible,
@@ -171,14 +196,18 @@ def to_tflite(
     )
     if metadata:
         content = add_metadata(content, metadata)
+    if image is not None:  # last: it appends the label file as a zip
+        content = attach(content, image)
     report = ExportReport(
         path=path,
         size_bytes=len(content),
         num_params=int(model.count_params()),
         quantization=quantization or "float32",
     )
-    if mixed_note:
-        report.notes.append(mixed_note)
+    report.mediapipe_ready, phone_note = _phone_status(image, specs)
+    for note in (mixed_note, phone_note):
+        if note:
+            report.notes.append(note)
     if verify:
         verify_file(
             report,
@@ -193,6 +222,41 @@ def to_tflite(
         )
     write_atomically(path, content)  # only once verified
     return report
+
+
+def _phone_status(image, specs):
+    """`(mediapipe_ready, note)`: whether a MediaPipe `ImageClassifier` can
+    load the file as it is, judged from its metadata and tensor types, and
+    a note for an image model that it cannot load."""
+    if image is None:
+        shape = tuple(specs[0].shape) if len(specs) == 1 else ()
+        if len(shape) != 4 or shape[-1] not in (1, 3):
+            return False, None  # not an image model: nothing to say
+        return False, (
+            "no standard metadata: MediaPipe's ImageClassifier (and the Task "
+            "Library) will not load this file, since a float image input "
+            "needs NormalizationOptions; pass labels= and normalization= "
+            "to write them"
+        )
+    if image.integer_input:
+        return False, (
+            "int8_io: MediaPipe's ImageClassifier takes uint8 or float32 "
+            'input tensors, not int8; quantization="int8" keeps the '
+            "integer kernels with a float input and output"
+        )
+    if image.channels == 1:
+        return False, (
+            "grayscale input: MediaPipe's ImageClassifier loads RGB models "
+            "only (it says 'Only RGB color space is supported'); the metadata "
+            "is written for readers that take grayscale, such as the Task "
+            "Library"
+        )
+    if image.labels is None:
+        return True, (
+            "no labels: MediaPipe reports class indices without names; "
+            "pass labels= to name them"
+        )
+    return True, None
 
 
 def _check_convertible(model, quantization, representative_data) -> None:
