@@ -20,16 +20,23 @@ The full-integer modes calibrate activation ranges on `representative_data`;
 a quantization-aware model (`keras_kd.optimize.quantization_aware`) carries
 its own ranges and needs none.
 
+With `labels` and `normalization`, `to_tflite` writes the standard TFLite
+metadata of an image classifier (what MediaPipe Tasks and the Task Library
+read), so a phone app loads the file as it is.
+
 `evaluate_tflite` and `predict_tflite` run a `.tflite` file on data, quantizing
 inputs and dequantizing outputs of integer models with the tensors' scale and
 zero point. `read_metadata` reads back the entries given to `to_tflite`'s
-`metadata`.
+`metadata`, and the standard metadata parsed. `measure_latency` times a file
+as a phone app runs it: batch 1, warm-up, median and 90th percentile.
 
 The package holds one step a module: `tflite` (`to_tflite`), `runtime`
-(`evaluate_tflite`, `predict_tflite`, `read_metadata`) and `report`
-(`ExportReport`) are public; `_checks` (argument checks), `_convert`
-(SavedModel, converter, flatbuffer), `_runner` (the interpreter on float
-data) and `_verify` (parity with the Keras model) are their parts.
+(`evaluate_tflite`, `predict_tflite`, `read_metadata`), `latency`
+(`measure_latency`) and `report` (`ExportReport`) are public; `_checks`
+(argument checks), `_convert` (SavedModel, converter, flatbuffer),
+`_metadata` (the standard metadata flatbuffer and its label file), `_runner`
+(the interpreter on float data) and `_verify` (parity with the Keras model)
+are their parts.
 """
 
 from keras_kd.export.latency import measure_latency
