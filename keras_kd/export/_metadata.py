@@ -235,18 +235,12 @@ def _input_tensor(b, info):
         low = [(0.0 - m) / s for m, s in zip(info.mean, info.std)]
         high = [(255.0 - m) / s for m, s in zip(info.mean, info.std)]
         stats = _stats(b, low, high)
-    name = b.CreateString("image")
-    description = b.CreateString(
-        f"Input image ({info.color_space}), normalized as (pixel - mean) / std."
+    return _tensor_table(
+        b,
+        "image",
+        f"Input image ({info.color_space}), normalized as (pixel - mean) / std.",
+        {"content": content, "process_units": units, "stats": stats},
     )
-    b.StartObject(7)
-    b.PrependUOffsetTRelativeSlot(_TENSOR["name"], name, 0)
-    b.PrependUOffsetTRelativeSlot(_TENSOR["description"], description, 0)
-    b.PrependUOffsetTRelativeSlot(_TENSOR["content"], content, 0)
-    b.PrependUOffsetTRelativeSlot(_TENSOR["process_units"], units, 0)
-    if stats is not None:
-        b.PrependUOffsetTRelativeSlot(_TENSOR["stats"], stats, 0)
-    return b.EndObject()
 
 
 def _output_tensor(b, info):
@@ -261,14 +255,24 @@ def _output_tensor(b, info):
         b.PrependUOffsetTRelativeSlot(_FILE["description"], file_description, 0)
         b.PrependInt8Slot(_FILE["type"], _TENSOR_AXIS_LABELS, 0)
         files = _offsets(b, [b.EndObject()])
-    name = b.CreateString("probability")
-    description = b.CreateString("Scores of the classes (the highest wins).")
+    return _tensor_table(
+        b,
+        "probability",
+        "Scores of the classes (the highest wins).",
+        {"content": content, "associated_files": files},
+    )
+
+
+def _tensor_table(b, name, description, children):
+    """A `TensorMetadata` table: its name, description and the `children`
+    `{field: offset or None}` already built."""
+    name, description = b.CreateString(name), b.CreateString(description)
     b.StartObject(7)
     b.PrependUOffsetTRelativeSlot(_TENSOR["name"], name, 0)
     b.PrependUOffsetTRelativeSlot(_TENSOR["description"], description, 0)
-    b.PrependUOffsetTRelativeSlot(_TENSOR["content"], content, 0)
-    if files is not None:
-        b.PrependUOffsetTRelativeSlot(_TENSOR["associated_files"], files, 0)
+    for field, offset in children.items():
+        if offset is not None:
+            b.PrependUOffsetTRelativeSlot(_TENSOR[field], offset, 0)
     return b.EndObject()
 
 
