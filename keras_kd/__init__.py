@@ -46,6 +46,7 @@ try:
     )
     from keras_kd.budget import BudgetResult, tune_for_budget
     from keras_kd.chain import ChainResult, distill_chain
+    from keras_kd.continual import widen_head
     from keras_kd.distiller import Distiller
     from keras_kd.lm import init_from_teacher
     from keras_kd.mutual import MutualLearning
@@ -83,6 +84,7 @@ __all__ = [
     "TuneResult",
     "distill_chain",
     "tune",
+    "widen_head",
     "tune_for_budget",
     "BudgetResult",
     "__version__",

@@ -227,3 +227,73 @@ def test_errors_before_training(data):
         kd.Distiller(make_mlp(8, n_out=5), s, class_indices="012")
     with pytest.raises(ValueError, match="Online distillation"):
         kd.OnlineDistiller([t, make_mlp(8)], s)
+
+
+# --- teacher_classes: a teacher of fewer classes (continual updates) -------
+
+
+@pytest.mark.parametrize("student_activation", [None, "softmax"])
+def test_teacher_classes_restrict_the_students_outputs(data, student_activation):
+    x, y = data
+    teacher = make_mlp(16, n_out=3)
+    student = make_mlp(4, n_out=6, activation=student_activation)
+    classes = [4, 0, 2]  # the teacher's classes 0, 1, 2 are the student's 4, 0, 2
+    d = kd.Distiller(teacher, student, teacher_classes=classes)
+    logs = _evaluate(d, x, y, temperature=2.0, alpha=0.5)
+    target = _softmax(teacher.predict(x, verbose=0) / 2.0)
+    s = student.predict(x, verbose=0).astype(np.float64)
+    if student_activation == "softmax":
+        s = np.log(s)  # log-probabilities renormalise like logits
+    expected = _np_kl_to_probs(target, s[:, classes], 2.0)
+    np.testing.assert_allclose(logs["distillation_loss"], expected, rtol=1e-4)
+    # The hard loss still covers all 6 classes of the student.
+    hard = SCE(y, student.predict(x, verbose=0)) if student_activation is None else None
+    if hard is not None:
+        np.testing.assert_allclose(logs["hard_loss"], float(hard), rtol=1e-4)
+
+
+def test_teacher_classes_train_and_round_trip(data, tmp_path):
+    x, y = data
+    teacher, student = make_mlp(16, n_out=2), make_mlp(4, n_out=3)
+    before = [w.copy() for w in teacher.get_weights()]
+    d = kd.Distiller(teacher, student, teacher_classes=[0, 1])
+    _evaluate(d, x, y, temperature=2.0, alpha=0.5)
+    d.fit(x, y, epochs=1, batch_size=16, verbose=0)
+    for a, b in zip(before, teacher.get_weights()):
+        np.testing.assert_array_equal(a, b)  # the old model stays frozen
+    path = os.fspath(tmp_path / "lwf.keras")
+    d.save(path)
+    loaded = keras.models.load_model(path)
+    assert loaded.get_config()["teacher_classes"] == [0, 1]
+    a = d.evaluate(x, y, batch_size=64, verbose=0, return_dict=True)
+    b = loaded.evaluate(x, y, batch_size=64, verbose=0, return_dict=True)
+    np.testing.assert_allclose(
+        b["distillation_loss"], a["distillation_loss"], rtol=1e-5
+    )
+
+
+def test_teacher_classes_errors_name_the_argument(data):
+    t, s = make_mlp(8, n_out=2), make_mlp(4, n_out=3)
+    with pytest.raises(ValueError, match=r"`teacher_classes` has index 3, but the st"):
+        kd.Distiller(t, s, teacher_classes=[0, 3])
+    with pytest.raises(ValueError, match=r"`teacher_classes` lists 3 classes but"):
+        kd.Distiller(t, s, teacher_classes=[0, 1, 2])
+    with pytest.raises(ValueError, match=r"`teacher_classes` lists 1 classes but"):
+        kd.Distiller(t, s, teacher_classes=[0])
+    with pytest.raises(ValueError, match="distinct"):
+        kd.Distiller(t, s, teacher_classes=[1, 1])
+    with pytest.raises(ValueError, match="teacher_classes"):
+        kd.Distiller(t, s, teacher_classes=[-1, 0])
+    with pytest.raises(TypeError, match="teacher_classes"):
+        kd.Distiller(t, s, teacher_classes="01")
+    with pytest.raises(ValueError, match="excludes `class_indices`"):
+        kd.Distiller(
+            t, make_mlp(4, n_out=2), teacher_classes=[0, 1], class_indices=[1, 0]
+        )
+    with pytest.raises(ValueError, match="Online distillation"):
+        kd.OnlineDistiller(t, s, teacher_classes=[0, 1])
+    x, y = data
+    d = kd.Distiller(t, s, teacher_classes=[0, 1])
+    d.compile("sgd", SCE, distillation_loss=kd.losses.DecoupledKD(), alpha=0.5)
+    with pytest.raises(ValueError, match="`teacher_classes` does not support"):
+        d.fit(x, y, epochs=1, verbose=0)

@@ -57,6 +57,7 @@ class DistillerConfig:
                 teacher_inputs=self._teacher_inputs,
                 student_inputs=self._student_inputs,
                 class_indices=self._class_indices,
+                teacher_classes=self._teacher_classes,
                 mask_token_id=self._mask_token_id,
                 teacher_dtype=self._teacher_dtype,
             )

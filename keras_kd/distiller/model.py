@@ -115,6 +115,12 @@ class Distiller(DistillerSteps, DistillerConfig, backend.ModelBuildHooks, keras.
         class_indices: the teacher classes the student's outputs stand for,
             in order (a student with fewer classes): the teacher's
             distribution is restricted to them and renormalised.
+        teacher_classes: the mirror, for a teacher with fewer classes (a
+            continual update, Learning without Forgetting): the student
+            classes the teacher's outputs stand for, in order; the
+            distillation term compares the teacher with the student's
+            outputs on those classes alone (renormalised). See
+            `keras_kd.widen_head`.
         mask_token_id: for masked language models: the distillation and
             feature terms cover only the positions where the student's input
             token is this id (the hard loss keeps the batch's sample weights).
@@ -163,6 +169,7 @@ class Distiller(DistillerSteps, DistillerConfig, backend.ModelBuildHooks, keras.
         class_indices=None,
         mask_token_id=None,
         teacher_dtype=None,
+        teacher_classes=None,
         **kwargs,
     ):
         backend.check_tensorflow_backend("Distiller")
@@ -179,20 +186,18 @@ class Distiller(DistillerSteps, DistillerConfig, backend.ModelBuildHooks, keras.
             teacher_dtype, owner, self.train_teacher
         )
         arguments.check_student(student, teachers)
-        class_indices = teacher_side.check_class_indices(
-            class_indices, teachers, student
-        )
         features = teacher_side.check_features(features)
-        if not features:  # with taps, outputs may differ if no loss reads them
-            teacher_side.check_teacher_outputs(
-                teachers, student, class_indices, arguments.check_output_shapes
-            )
+        class_indices, teacher_classes = teacher_side.check_class_subsets(
+            teachers, student, class_indices, teacher_classes,
+            arguments.check_output_shapes, bool(features),
+        )  # fmt: skip
         keys = teacher_side.check_routing(
             teacher_inputs, student_inputs, augmentation, mixup
         )
         mask_token_id = teacher_side.check_mask_token_id(mask_token_id)
+        subset = class_indices if teacher_classes is None else teacher_classes
         teacher_side.refuse_online(
-            self.train_teacher, teachers, features, keys, class_indices, mask_token_id
+            self.train_teacher, teachers, features, keys, subset, mask_token_id
         )
         super().__init__(name=name, **kwargs)
         self.teacher = teacher
@@ -203,6 +208,7 @@ class Distiller(DistillerSteps, DistillerConfig, backend.ModelBuildHooks, keras.
         self._teacher_weights = teacher_weights
         self._teacher_inputs, self._student_inputs = keys
         self._class_indices = class_indices
+        self._teacher_classes = teacher_classes
         self._mask_token_id = mask_token_id
         self._teacher_dtype = teacher_dtype
         self._set_teachers(teachers)
@@ -341,7 +347,8 @@ class Distiller(DistillerSteps, DistillerConfig, backend.ModelBuildHooks, keras.
         )
         self._distillation_fns = None
         outputs = arguments.symbolic_outputs(self.student)
-        if outputs and self._features is None and self._class_indices is None:
+        subset = self._class_indices or self._teacher_classes
+        if outputs and self._features is None and subset is None:
             arguments.check_vocabularies(
                 self._teachers,
                 self.student,
@@ -475,13 +482,10 @@ class Distiller(DistillerSteps, DistillerConfig, backend.ModelBuildHooks, keras.
             raise ValueError(
                 "The new teacher must not be the student itself; give it a frozen copy."
             )
-        if self._features is None:
-            teacher_side.check_teacher_outputs(
-                teachers,
-                self.student,
-                self._class_indices,
-                arguments.check_output_shapes,
-            )
+        teacher_side.check_class_subsets(
+            teachers, self.student, self._class_indices, self._teacher_classes,
+            arguments.check_output_shapes, self._features is not None,
+        )  # fmt: skip
         self._set_teachers(teachers)
         if self._features is not None and teachers:
             self._features.set_teachers(self._teacher_runners.models)

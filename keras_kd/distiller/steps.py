@@ -122,7 +122,17 @@ class DistillerSteps:
         fns = self._resolve_distillation_fns(student_output)
         probs = None if self._stored_targets else self._teacher_probs
         teacher = (tf.nest.flatten(teacher_output), probs)
-        student = (tf.nest.flatten(student_output), self._student_probs)
+        student = teacher_side.student_subset(
+            tf.nest.flatten(student_output), self._teacher_classes
+        )
+        student = (student, self._student_probs)
+        if self._teacher_classes is not None and pairing.needs_labels(fns):
+            raise ValueError(
+                "Argument `teacher_classes` does not support a distillation "
+                "loss that reads the labels (e.g. DecoupledKD): the labels "
+                "name the student's classes, not the teacher's. Use "
+                "KLDivergence (Learning without Forgetting's term) or DIST."
+            )
         if reverse:
             teacher, student = student, teacher
         per_output = None

@@ -11,6 +11,10 @@ here takes what it needs as arguments; nothing reads the Distiller's state.
   that average;
 - **a class subset** (`class_indices=`): the teacher's distribution
   restricted to those classes and renormalised (its logits gathered);
+- **a teacher of fewer classes** (`teacher_classes=`, the mirror: a
+  continual update, Learning without Forgetting): the student's outputs
+  restricted to the classes the teacher knows, so the distillation term
+  covers those alone;
 - **different inputs** (`teacher_inputs=`, `student_inputs=`): each model
   reads its own entries of a dict of inputs.
 """
@@ -103,6 +107,83 @@ def check_class_indices(class_indices, teachers, student):
                 f"teacher {model.name!r} has {width} classes (0 to {width - 1})."
             )
     return indices
+
+
+def check_teacher_classes(teacher_classes, teachers, student, class_indices):
+    """`teacher_classes` as a list of ints, checked against the models: the
+    student's classes each of the teacher's outputs stands for, in order."""
+    if teacher_classes is None:
+        return None
+    if isinstance(teacher_classes, (str, bytes)) or not hasattr(
+        teacher_classes, "__iter__"
+    ):
+        raise TypeError(
+            "Argument `teacher_classes` must be a list of the student's class "
+            f"indices. Received: teacher_classes={teacher_classes!r}."
+        )
+    indices = [
+        _utils.check_int(i, "teacher_classes", 0, "a class index")
+        for i in teacher_classes
+    ]
+    if not indices or len(set(indices)) != len(indices):
+        raise ValueError(
+            "Argument `teacher_classes` must list distinct class indices of "
+            "the student, one per output class of the teacher. Received: "
+            f"teacher_classes={indices}."
+        )
+    if class_indices is not None or not teachers:
+        raise ValueError(
+            "Argument `teacher_classes` needs a teacher and excludes "
+            "`class_indices` (its mirror): give one of them."
+        )
+    outputs = tf.nest.flatten(student.outputs) if hasattr(student, "outputs") else []
+    if len(outputs) > 1:
+        raise ValueError(
+            "Argument `teacher_classes` applies to a student with one output; "
+            f"{student.name!r} has {len(outputs)}."
+        )
+    width = outputs[0].shape[-1] if outputs else None
+    if width is not None and max(indices) >= width:
+        raise ValueError(
+            f"Argument `teacher_classes` has index {max(indices)}, but the "
+            f"student {student.name!r} has {width} classes (0 to {width - 1})."
+        )
+    for model in teachers:
+        flat = tf.nest.flatten(model.outputs)
+        if len(flat) != 1 or flat[0].shape[-1] not in (None, len(indices)):
+            shapes = [tuple(t.shape) for t in flat]
+            raise ValueError(
+                f"Argument `teacher_classes` lists {len(indices)} classes but "
+                f"the teacher {model.name!r} has outputs {shapes}: one student "
+                "class per teacher class, in the teacher's order."
+            )
+    return indices
+
+
+def check_class_subsets(
+    teachers, student, class_indices, teacher_classes, check_pair, tapped=False
+):
+    """`(class_indices, teacher_classes)` checked, then each teacher's outputs
+    against the student's (not with feature taps, `tapped`: there outputs
+    may differ if no loss reads them)."""
+    class_indices = check_class_indices(class_indices, teachers, student)
+    teacher_classes = check_teacher_classes(
+        teacher_classes, teachers, student, class_indices
+    )
+    if not tapped:
+        check_teacher_outputs(
+            teachers, student, class_indices, check_pair, teacher_classes
+        )
+    return class_indices, teacher_classes
+
+
+def student_subset(outputs, teacher_classes):
+    """The student's flattened outputs restricted to `teacher_classes` (the
+    loss renormalises them: its softmax of gathered logits, or of the log of
+    gathered probabilities)."""
+    if teacher_classes is None:
+        return outputs
+    return [tf.gather(output, teacher_classes, axis=-1) for output in outputs]
 
 
 def check_input_keys(value, argument: str):
@@ -280,7 +361,7 @@ def refuse_online(
             ("several teachers", len(teachers) > 1),
             ("features", bool(features)),
             ("teacher_inputs / student_inputs", any(k is not None for k in keys)),
-            ("class_indices", class_indices is not None),
+            ("class_indices / teacher_classes", class_indices is not None),
             ("mask_token_id", mask_token_id is not None),
         )
         if value
@@ -299,8 +380,8 @@ def routing_config(features, **values) -> dict:
     Args:
         features: the Distiller's `taps.Features`, or None.
         **values: the options by name (`teacher_weights`, `teacher_inputs`,
-            `student_inputs`, `class_indices`, `mask_token_id`,
-            `teacher_dtype`).
+            `student_inputs`, `class_indices`, `teacher_classes`,
+            `mask_token_id`, `teacher_dtype`).
     """
     config = {}
     if features is not None:
@@ -309,8 +390,12 @@ def routing_config(features, **values) -> dict:
     return config
 
 
-def check_teacher_outputs(teachers, student, class_indices, check_pair) -> None:
+def check_teacher_outputs(
+    teachers, student, class_indices, check_pair, teacher_classes=None
+) -> None:
     """Each teacher's outputs pair with the student's (after the subset)."""
+    if teacher_classes is not None:  # checked by `check_teacher_classes`
+        return
     for model in teachers:
         if class_indices is None:
             check_pair(model, student)
@@ -325,12 +410,15 @@ def check_teacher_outputs(teachers, student, class_indices, check_pair) -> None:
 
 __all__ = [
     "check_class_indices",
+    "check_class_subsets",
     "check_input_keys",
+    "check_teacher_classes",
     "check_teacher_outputs",
     "check_teachers",
     "combine",
     "forward",
     "loss_temperature",
     "route",
+    "student_subset",
     "target_probabilities",
 ]
