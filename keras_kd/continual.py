@@ -42,8 +42,9 @@ def widen_head(model, num_classes: int, name: str | None = None):
     own initializers (seed them with `keras.utils.set_random_seed`). Before
     any training the widened model's outputs on the old classes are the old
     model's, and `model` itself is left as it was (it is the teacher of the
-    update); the copy is trainable even when `model` is frozen. With a softmax head, the pre-softmax values of the old classes
-    are kept; the probabilities renormalise over every class.
+    update); the copy is trainable even when `model` is frozen. With a
+    softmax head, the pre-softmax values of the old classes are kept; the
+    probabilities renormalise over every class.
 
     Args:
         model: a built Sequential or Functional `keras.Model` whose last layer
