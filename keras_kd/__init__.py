@@ -45,6 +45,7 @@ try:
         taps,
     )
     from keras_kd.budget import BudgetResult, tune_for_budget
+    from keras_kd.calibrate import CalibrationResult, calibrate
     from keras_kd.chain import ChainResult, distill_chain
     from keras_kd.continual import widen_head
     from keras_kd.distiller import Distiller
@@ -62,6 +63,7 @@ finally:
 __version__ = "0.1.0"
 
 __all__ = [
+    "CalibrationResult",
     "ChainResult",
     "Distiller",
     "FeatureMatch",
@@ -69,6 +71,7 @@ __all__ = [
     "OnlineDistiller",
     "augment",
     "backend",
+    "calibrate",
     "callbacks",
     "data",
     "export",

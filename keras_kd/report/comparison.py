@@ -18,6 +18,7 @@ from keras_kd._utils import check_int, check_model
 from keras_kd.backend import tf
 from keras_kd.report import metrics
 from keras_kd.report.history import normalize_history
+from keras_kd.report.ood import check_ood_data, ood_probabilities, ood_summary
 from keras_kd.report.result import Report
 
 _DATA_EXPECTED = (
@@ -227,6 +228,7 @@ def compare(
     baseline=None,
     history=None,
     *,
+    ood_data=None,
     class_names=None,
     batch_size: int = 256,
     num_bins: int = 15,
@@ -244,7 +246,12 @@ def compare(
     where the student falls furthest behind the teacher and, with a
     `baseline` (the same student architecture trained without a teacher),
     the classes where distillation made the student worse (see
-    `bias_classes` for "inherited", "amplified" and "introduced").
+    `bias_classes` for "inherited", "amplified" and "introduced"). With
+    `ood_data`, inputs from outside the data's distribution, it reports per
+    model the mean predictive entropy on `data` and on `ood_data` and the
+    AUROC of the entropy separating them (OOD as the positive class), and
+    the bias section says whether the student is more confident than its
+    teacher off the data (a lower mean OOD entropy).
 
     Outputs may be logits or probabilities: rows that are non-negative and
     sum to 1 within 1e-3 are used as they are, others are softmaxed.
@@ -259,6 +266,11 @@ def compare(
         history: optional training history: a `History`, a dict of per-epoch
             lists, `SelfDistillation.generation_results`, or a list of these
             (one per generation); its losses are plotted.
+        ood_data: optional out-of-distribution inputs, no labels needed: a
+            numpy array, a tuple `(x,)` or `(x, y)` (labels ignored) or a
+            `tf.data.Dataset`, with samples of the models' input shape
+            (e.g. rotated images, noise, another dataset). The teacher,
+            student and baseline run on them; the `.tflite` file does not.
         class_names: optional names of the classes (default "0", "1", ...).
         batch_size: samples per model call.
         num_bins: confidence bins of the ECE and the reliability diagrams.
@@ -271,7 +283,8 @@ def compare(
 
     Raises:
         TypeError / ValueError: for a bad argument, empty or unlabelled data,
-            labels outside the classes, or models whose class counts differ.
+            labels outside the classes, models whose class counts differ, or
+            `ood_data` whose samples are not of the models' input shape.
 
     Example:
 
@@ -280,6 +293,8 @@ def compare(
                                tflite="student.tflite", baseline=scratch)
     print(report)
     report.save("report/")  # report.json, .md, .html and the plots
+    ood = kd.report.compare(teacher, student, (x_test, y_test),
+                            ood_data=np.rot90(x_test, axes=(1, 2))).ood
     ```
     """
     check_model(teacher, "teacher")
@@ -287,6 +302,7 @@ def compare(
     check_model(baseline, "baseline", allow_none=True)
     tflite = _check_tflite(tflite)
     _check_data(data)
+    check_ood_data(ood_data)
     batch_size = check_int(batch_size, "batch_size", minimum=1, what="samples per call")
     num_bins = check_int(num_bins, "num_bins", minimum=1, what="confidence bins")
     latency_runs = check_int(
@@ -304,6 +320,9 @@ def compare(
 
         runner = TFLiteRunner(path=tflite)
     specs, structure = input_specs(teacher, None, [data])
+    ood_probs = None
+    if ood_data is not None:  # first: a wrong shape is found before the rest
+        ood_probs = ood_probabilities(models, ood_data, specs, structure, batch_size)
     outputs, labels, first = _run_models(
         models, runner, data, specs, structure, batch_size
     )
@@ -342,6 +361,7 @@ def compare(
         history=segments,
         tflite_latency=tflite_latency,
         notes=notes,
+        ood=None if ood_probs is None else ood_summary(probs, ood_probs),
     )
 
 

@@ -269,3 +269,91 @@ def per_class_accuracy(probs, labels) -> list:
         members = labels == c
         result.append(float(correct[members].mean()) if members.any() else None)
     return result
+
+
+def predictive_entropy(probs) -> np.ndarray:
+    """The entropy of each sample's predicted distribution, in nats.
+
+    `H(p) = -sum_k p_k log p_k` (with `0 log 0 = 0`): 0 for a one-hot
+    prediction, `log(num_classes)` for a uniform one. Higher entropy is less
+    confidence; out-of-distribution inputs should get more of it.
+
+    Args:
+        probs: probabilities, shape `(num_samples, num_classes)` (use
+            `to_probabilities` for logits).
+
+    Returns:
+        float64 entropies, shape `(num_samples,)`.
+
+    Example:
+
+    ```python
+    entropy = kd.report.predictive_entropy(
+        kd.report.to_probabilities(student.predict(x_ood)))
+    ```
+    """
+    probs = _probabilities(probs, "probs")
+    positive = probs > 0.0
+    terms = np.where(positive, probs * np.log(np.where(positive, probs, 1.0)), 0.0)
+    return np.maximum(-terms.sum(-1), 0.0)
+
+
+def _scores(values, argument: str) -> np.ndarray:
+    if values is None or isinstance(values, (str, bytes)):
+        raise TypeError(
+            f"Argument `{argument}` must be a 1-D array of scores. Received: "
+            f"{argument}={values!r}."
+        )
+    array = np.asarray(values, dtype=np.float64)
+    if array.ndim != 1 or array.size == 0:
+        raise ValueError(
+            f"Argument `{argument}` must be a non-empty 1-D array of scores. "
+            f"Received: {argument} of shape {array.shape}."
+        )
+    if not np.all(np.isfinite(array)):
+        raise ValueError(
+            f"Argument `{argument}` holds values that are not finite (NaN or "
+            "inf). Expected finite scores."
+        )
+    return array
+
+
+def auroc(negative_scores, positive_scores) -> float:
+    """Area under the ROC curve of scores separating two groups.
+
+    The probability that a random positive scores higher than a random
+    negative, ties counted half: the Mann-Whitney statistic
+    `(R_pos - n_pos (n_pos + 1) / 2) / (n_pos n_neg)`, with `R_pos` the sum
+    of the positives' ranks among all scores (tied scores share their mean
+    rank). 1.0 separates them perfectly, 0.5 is chance.
+
+    Args:
+        negative_scores: scores of the negatives, a 1-D array (e.g. the
+            predictive entropy on in-distribution inputs).
+        positive_scores: scores of the positives (e.g. the entropy on
+            out-of-distribution inputs: higher entropy, more likely OOD).
+
+    Returns:
+        The AUROC, a float in [0, 1].
+
+    Raises:
+        ValueError: if either group is empty or holds non-finite scores.
+
+    Example:
+
+    ```python
+    kd.report.auroc(kd.report.predictive_entropy(p_test),
+                    kd.report.predictive_entropy(p_ood))
+    ```
+    """
+    negatives = _scores(negative_scores, "negative_scores")
+    positives = _scores(positive_scores, "positive_scores")
+    scores = np.concatenate([negatives, positives])
+    _, inverse, counts = np.unique(scores, return_inverse=True, return_counts=True)
+    # Ranks from 1: a group of tied scores takes the mean of the ranks it spans.
+    ends = np.cumsum(counts)
+    mean_rank = ends - (counts - 1) / 2.0
+    positive_ranks = mean_rank[inverse.reshape(-1)[len(negatives) :]]
+    n_pos, n_neg = len(positives), len(negatives)
+    statistic = positive_ranks.sum() - n_pos * (n_pos + 1) / 2.0
+    return float(statistic / (n_pos * n_neg))

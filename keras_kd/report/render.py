@@ -105,6 +105,47 @@ _BIAS_RULE = (
 )
 
 
+_OOD_TITLE = "Out-of-distribution inputs"
+_OOD_RULE = (
+    "Mean predictive entropy (nats) on the labelled data and on the "
+    "out-of-distribution inputs, and the AUROC of the entropy telling them "
+    "apart (OOD as the positive class; 1.0 separates them, 0.5 is chance)."
+)
+_BIAS_TITLE_OOD = "Where distillation made the student worse"
+
+
+def ood_rows(report) -> tuple:
+    """Per model its mean entropy on the data and off it, and the AUROC."""
+    header = ("model", "entropy (data)", "entropy (OOD)", "AUROC")
+    rows = [
+        [name, f"{r['entropy_in']:.4f}", f"{r['entropy_ood']:.4f}", f"{r['auroc']:.4f}"]
+        for name, r in (report.ood or {}).get("models", {}).items()
+    ]
+    return header, rows
+
+
+def ood_verdict(report) -> str:
+    """The bias section's row on OOD inputs: is the student surer than its
+    teacher off the data? Empty without OOD figures."""
+    if not report.ood:
+        return ""
+    models = report.ood["models"]
+    student, teacher = (
+        models["student"]["entropy_ood"],
+        models["teacher"]["entropy_ood"],
+    )
+    verdict = (
+        "more confident than its teacher (overconfident off the data)"
+        if report.ood["student_more_confident"]
+        else "not more confident than its teacher"
+    )
+    return (
+        f"OOD confidence: the student is {verdict} on the "
+        f"{report.ood['num_samples']} out-of-distribution inputs: mean "
+        f"entropy {student:.4f} vs {teacher:.4f} nats."
+    )
+
+
 def _table(header, rows) -> list:
     widths = [max(len(str(c)) for c in column) for column in zip(header, *rows)]
     line = "  ".join(str(h).ljust(w) for h, w in zip(header, widths))
@@ -126,6 +167,9 @@ def text(report) -> str:
     if report.worst_classes:
         lines += ["", "Classes where the student falls furthest behind the teacher:"]
         lines += _table(*worst_rows(report))
+    if report.ood:
+        lines += ["", f"{_OOD_TITLE} ({report.ood['num_samples']}):"]
+        lines += _table(*ood_rows(report))
     if report.bias is not None:
         header, rows = bias_rows(report)
         if rows:
@@ -136,6 +180,8 @@ def text(report) -> str:
             lines += _table(header, rows)
         else:
             lines += ["", "No class where the student is below the baseline."]
+    if report.ood:
+        lines += ([""] if report.bias is None else []) + [ood_verdict(report)]
     lines += [f"note: {note}" for note in report.notes]
     return "\n".join(lines)
 
@@ -169,10 +215,17 @@ def markdown(report) -> str:
     if report.worst_classes:
         lines += ["", "## Classes where the student falls furthest behind", ""]
         lines += _md_table(*worst_rows(report))
+    if report.ood:
+        lines += ["", f"## {_OOD_TITLE}", "", _OOD_RULE, ""]
+        lines += _md_table(*ood_rows(report))
     if report.bias is not None:
         lines += ["", "## Where distillation made a class worse", "", _BIAS_RULE, ""]
         header, rows = bias_rows(report)
         lines += _md_table(header, rows) if rows else ["None."]
+    if report.ood:
+        if report.bias is None:
+            lines += ["", f"## {_BIAS_TITLE_OOD}"]
+        lines += ["", f"- {ood_verdict(report)}"]
     if report.notes:
         lines += [""] + [f"- note: {note}" for note in report.notes]
     return "\n".join(lines) + "\n"
@@ -220,11 +273,19 @@ def html_page(report, figures: dict, missing: str | None) -> str:
     if report.worst_classes:
         parts.append("<h2>Classes where the student falls furthest behind</h2>")
         parts.append(_html_table(*worst_rows(report)))
+    if report.ood:
+        parts.append(f"<h2>{_OOD_TITLE}</h2>")
+        parts.append(f"<p>{html.escape(_OOD_RULE)}</p>")
+        parts.append(_html_table(*ood_rows(report)))
     if report.bias is not None:
         parts.append("<h2>Where distillation made a class worse</h2>")
         parts.append(f"<p>{html.escape(_BIAS_RULE)}</p>")
         header, rows = bias_rows(report)
         parts.append(_html_table(header, rows) if rows else "<p>None.</p>")
+    if report.ood:
+        if report.bias is None:
+            parts.append(f"<h2>{_BIAS_TITLE_OOD}</h2>")
+        parts.append(f"<p>{html.escape(ood_verdict(report))}</p>")
     for name, content in figures.items():
         encoded = base64.b64encode(content).decode("ascii")
         title = _FIGURE_TITLES.get(name, name)

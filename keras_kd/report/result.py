@@ -68,6 +68,13 @@ class Report:
             threads, batch 1, after warm-up: a list of `{"threads": n,
             "median_ms": ..., "p90_ms": ...}`; None otherwise.
         notes: anything the figures need to be read with.
+        ood: with `ood_data`, the out-of-distribution figures: `num_samples`
+            (OOD inputs), `models` (name to `entropy_in` and `entropy_ood`,
+            mean predictive entropies in nats on the data and on the OOD
+            inputs, and `auroc` of the entropy separating them, OOD
+            positive), `entropy_gap` (the student's mean OOD entropy minus
+            the teacher's) and `student_more_confident` (the gap is
+            negative); None without `ood_data`.
     """
 
     models: dict
@@ -80,6 +87,7 @@ class Report:
     history: list | None = None
     tflite_latency: list | None = None
     notes: list = dataclasses.field(default_factory=list)
+    ood: dict | None = None
 
     def to_dict(self) -> dict:
         """The report as plain Python values (JSON-able)."""
