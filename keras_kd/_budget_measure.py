@@ -45,7 +45,16 @@ def check_budget(max_bytes, max_latency_ms):
     return max_bytes, max_latency_ms
 
 
-def check_options(quantization, export_options, candidates, recipes, num_threads):
+def check_options(
+    quantization, export_options, candidates, recipes, num_threads, validation_data
+):
+    """The export options as a dict, after checking the search's arguments."""
+    if validation_data is None:
+        raise ValueError(
+            "Argument `validation_data` is required: candidates are scored on "
+            "it. Received: validation_data=None. Expected `(x_val, y_val)` or "
+            "a `tf.data.Dataset`."
+        )
     if quantization not in QUANTIZATIONS:
         raise ValueError(
             f"Argument `quantization` must be one of {list(QUANTIZATIONS)}. "

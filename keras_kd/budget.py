@@ -272,23 +272,16 @@ def tune_for_budget(
     _utils.check_model(teacher, "teacher")
     max_bytes, max_latency_ms = check_budget(max_bytes, max_latency_ms)
     options = check_options(
-        quantization, export_options, candidates, recipes, num_threads
+        quantization, export_options, candidates, recipes, num_threads, validation_data
     )
     _utils.check_int(latency_runs, "latency_runs", 1, "timed invocations")
     verbose = _utils.check_int(verbose, "verbose", 0)
-    if validation_data is None:
-        raise ValueError(
-            "Argument `validation_data` is required: candidates are scored on "
-            "it. Received: validation_data=None. Expected `(x_val, y_val)` or "
-            "a `tf.data.Dataset`."
-        )
     build = Builder(student_fn, seed)
     grid = [dict(c) for c in candidates] if candidates is not None else build.grid()
+    calibration = train_data if representative_data is None else representative_data
     exporter = Exporter(
         quantization=quantization,
-        representative_data=train_data
-        if representative_data is None
-        else representative_data,
+        representative_data=calibration,
         validation_data=validation_data,
         num_threads=num_threads,
         latency_runs=latency_runs,
@@ -296,51 +289,32 @@ def tune_for_budget(
         max_bytes=max_bytes,
         max_latency_ms=max_latency_ms,
     )
-    temporary = directory is None
-    directory = (
-        tempfile.mkdtemp(prefix="keras_kd_budget_")
-        if temporary
-        else os.fspath(directory)
+    tune_args = dict(
+        teacher=teacher,
+        train_data=train_data,
+        validation_data=validation_data,
+        loss=loss,
+        optimizer=optimizer,
+        metrics=metrics,
+        monitor=monitor,
+        budget=recipes,
+        max_epochs=max_epochs,
+        batch_size=batch_size,
+        seed=seed,
+        margin=margin,
+        verbose=max(verbose - 1, 0),
     )
+    temporary = directory is None
+    directory = _work_directory(directory)
     try:
-        rows = _measure_untrained(build, grid, exporter, directory, verbose)
-        fitting = [r for r in rows if r["status"] is None]
-        if not fitting:
-            raise nothing_fits(rows, exporter)
-        students = {}
-        for row in fitting:
-            students[row["id"]] = _train(
-                row,
-                build,
-                exporter,
-                directory,
-                verbose,
-                tune_args=dict(
-                    teacher=teacher,
-                    train_data=train_data,
-                    validation_data=validation_data,
-                    loss=loss,
-                    optimizer=optimizer,
-                    metrics=metrics,
-                    monitor=monitor,
-                    budget=recipes,
-                    max_epochs=max_epochs,
-                    batch_size=batch_size,
-                    seed=seed,
-                    margin=margin,
-                    verbose=max(verbose - 1, 0),
-                ),
-            )
-        best = mark_fronts(rows)
-        if best is None:
-            raise nothing_fits(rows, exporter)
-        with open(os.path.join(directory, f"{best['id']}.tflite"), "rb") as f:
-            content = f.read()
+        rows, best, student, content = _search(
+            build, grid, exporter, directory, verbose, tune_args
+        )
     finally:
         if temporary:
             shutil.rmtree(directory, ignore_errors=True)
     return BudgetResult(
-        student=students[best["id"]],
+        student=student,
         candidate=best,
         candidates=rows,
         tflite=content,
@@ -349,6 +323,32 @@ def tune_for_budget(
         quantization=quantization or "float32",
         num_threads=num_threads,
     )
+
+
+def _work_directory(directory) -> str:
+    """`directory` as a str, or a new temporary one for None."""
+    if directory is None:
+        return tempfile.mkdtemp(prefix="keras_kd_budget_")
+    return os.fspath(directory)
+
+
+def _search(build, grid, exporter, directory, verbose, tune_args):
+    """`(rows, best row, its student, its file's bytes)`: every candidate
+    measured untrained, those within budget trained, the best returned."""
+    rows = _measure_untrained(build, grid, exporter, directory, verbose)
+    fitting = [r for r in rows if r["status"] is None]
+    if not fitting:
+        raise nothing_fits(rows, exporter)
+    students = {
+        row["id"]: _train(row, build, exporter, directory, verbose, tune_args)
+        for row in fitting
+    }
+    best = mark_fronts(rows)
+    if best is None:
+        raise nothing_fits(rows, exporter)
+    with open(os.path.join(directory, f"{best['id']}.tflite"), "rb") as f:
+        content = f.read()
+    return rows, best, students[best["id"]], content
 
 
 def _measure_untrained(build, grid, exporter, directory, verbose) -> list:

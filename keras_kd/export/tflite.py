@@ -164,8 +164,7 @@ def to_tflite(
     check_bool(select_tf_ops, "select_tf_ops")
     verify = check_bool(verify, "verify")
     metadata = check_metadata(metadata)
-    labels = check_labels(labels)
-    normalization = check_normalization(normalization)
+    labels, normalization = check_labels(labels), check_normalization(normalization)
     if labels is not None and normalization is None:
         describe(model, [], labels, normalization, quantization)  # raises
     converter_options = check_converter_options(converter_options)
@@ -194,10 +193,7 @@ def to_tflite(
         select_tf_ops,
         converter_options,
     )
-    if metadata:
-        content = add_metadata(content, metadata)
-    if image is not None:  # last: it appends the label file as a zip
-        content = attach(content, image)
+    content = _with_metadata(content, metadata, image)
     report = ExportReport(
         path=path,
         size_bytes=len(content),
@@ -205,9 +201,7 @@ def to_tflite(
         quantization=quantization or "float32",
     )
     report.mediapipe_ready, phone_note = _phone_status(image, specs)
-    for note in (mixed_note, phone_note):
-        if note:
-            report.notes.append(note)
+    report.notes.extend(note for note in (mixed_note, phone_note) if note)
     if verify:
         verify_file(
             report,
@@ -222,6 +216,16 @@ def to_tflite(
         )
     write_atomically(path, content)  # only once verified
     return report
+
+
+def _with_metadata(content: bytes, metadata: dict, image) -> bytes:
+    """`content` with the custom `metadata` entries, then the standard
+    image-classifier metadata (last: it appends the label file as a zip)."""
+    if metadata:
+        content = add_metadata(content, metadata)
+    if image is not None:
+        content = attach(content, image)
+    return content
 
 
 def _phone_status(image, specs):
