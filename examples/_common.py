@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import pathlib
 import time
 from collections.abc import Callable, Iterable, Sequence
 
@@ -98,6 +99,13 @@ def add_dataset(
         default=data_dir,
         help="TFDS data dir holding MNIST (None: download)",
     )
+
+
+def shared_tfds_dir() -> str | None:
+    """`../shared/datasets/tfds` beside the project's root, where it exists
+    (MNIST offline), else None (tfds's own data dir)."""
+    path = pathlib.Path(__file__).resolve().parents[2] / "shared/datasets/tfds"
+    return str(path) if path.is_dir() else None
 
 
 def add_seeds(parser: argparse.ArgumentParser, help: str | None = SEEDS_HELP) -> None:

@@ -88,7 +88,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # for _common
 
 import argparse
-import pathlib
 import time
 
 import _common
@@ -97,7 +96,6 @@ from keras_kd.backend import keras
 
 # The TFDS data dir beside the project's root, the default of `--data-dir`
 # when it exists.
-_SHARED_TFDS = pathlib.Path(__file__).resolve().parents[2] / "shared/datasets/tfds"
 
 # Per dataset: training images loaded by default (None: all), and those held
 # out further by `--validation`.
@@ -323,9 +321,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "scratch, with KD on the logits, with a FitNets hint (projected MSE) "
         "and with attention transfer on a middle block."
     )
-    _common.add_dataset(
-        parser, data_dir=str(_SHARED_TFDS) if _SHARED_TFDS.is_dir() else None
-    )
+    _common.add_dataset(parser, data_dir=_common.shared_tfds_dir())
     _common.add_seeds(parser)
     _common.add_validation(
         parser,

@@ -74,7 +74,6 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # for _common
 
 import argparse
 import itertools
-import pathlib
 import time
 
 import numpy as np
@@ -86,7 +85,6 @@ from keras_kd.backend import keras, tf
 
 # The TFDS data dir beside the project's root, the default of `--data-dir`
 # when it exists.
-_SHARED_TFDS = pathlib.Path(__file__).resolve().parents[2] / "shared/datasets/tfds"
 
 # Per dataset: `--train-size` (None: every training image left after the
 # validation split) and `--validation-size` by default.
@@ -405,9 +403,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "full-resolution scans and ink profiles teaches a student that sees "
         "only a low-resolution, noisy phone view."
     )
-    _common.add_dataset(
-        parser, data_dir=str(_SHARED_TFDS) if _SHARED_TFDS.is_dir() else None
-    )
+    _common.add_dataset(parser, data_dir=_common.shared_tfds_dir())
     _common.add_seeds(parser)
     add, positive = parser.add_argument, _common.positive
     options = (
